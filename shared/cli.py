@@ -1,0 +1,314 @@
+"""`tinyinfer`: the course's command line (status, next, check, hint, reset, diff, render,
+model, generate, bench, doctor). User mistakes get one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared import REPO, progress, registry, syllabus
+
+
+class UsageError(Exception):
+    """Printed as one line; exit code 2."""
+
+
+def _day(text) -> syllabus.Day:
+    try:
+        return syllabus.parse_day(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _published(d: syllabus.Day) -> syllabus.Day:
+    if not d.published:
+        raise UsageError(f"day {d.number:02d} ({d.title}) is coming soon: not published yet")
+    return d
+
+
+# ---- status / next / hint / reset -------------------------------------------------------------
+def cmd_status(args) -> int:
+    track = args.track or registry.default_track()
+    done = progress.load()
+    phases = syllabus.phases()
+    print(f"tinyinfer -- 60 days, {len(syllabus.published())} published; track: {track}\n")
+    current = None
+    for d in syllabus.days():
+        if d.phase != current:
+            current = d.phase
+            print(f"Phase {d.phase}: {phases[d.phase]}")
+        rec = done.get(d.tag)
+        if not d.published:
+            mark = "coming"
+        elif track == "solutions":
+            mark = "solution"
+        elif rec:
+            mark = "done (" + "+".join(rec.get("tiers", [rec.get("tier", "?")])) + ")"
+        else:
+            mark = "todo"
+        provides = ", ".join(d.provides) or "-"
+        print(f"  {d.number:02d}  {d.title[:58]:<58} {mark:<14} {provides}")
+    print("\nEngine components (the engine takes each from the latest finished day, else the reference):")
+    for name in registry.all_names():
+        src = registry.source(name, track)
+        if src.day is not None or name in _reference_names():
+            print(f"  {name:<24} {src.describe(track)}")
+    print("\n" + _capabilities(track))
+    return 0
+
+
+def _reference_names() -> set[str]:
+    from shared import reference
+    return set(reference.__all__)
+
+
+def _capabilities(track: str) -> str:
+    from shared.tier import detect
+    tier = detect()
+    cache = registry.source("decode_attention", track).day is not None
+    if tier == "sim":
+        return ("What the engine can do now: no GPU here, so `tinyinfer generate` runs the PyTorch reference on "
+                "the CPU (static KV cache); `--simulate --model tiny` runs your kernels in the simulator.")
+    return ("What the engine can do now: generate on the GPU with your kernels where finished, "
+            + ("a static KV cache." if cache else "recomputing the prefix every step (no decode_attention yet)."))
+
+
+def cmd_next(args) -> int:
+    done = registry.finished("days")
+    for d in syllabus.published():
+        if d.number not in done:
+            files = sorted(p.relative_to(REPO).as_posix() for p in d.path("days").glob("*.py") if p.name != "__init__.py")
+            print(f"Next: day {d.number:02d} -- {d.title}\n  lesson: {d.lesson}\n  edit:   {', '.join(files)}\n"
+                  f"  check:  pytest checkers/{d.tag}   (or: tinyinfer check {d.number})\n"
+                  f"  stuck?  tinyinfer hint {d.number}")
+            return 0
+    coming = next((d for d in syllabus.days() if not d.published), None)
+    print("All published days are done." + (f" Day {coming.number:02d} ({coming.title}) is coming." if coming else ""))
+    return 0
+
+
+def cmd_hint(args) -> int:
+    d = _published(_day(args.day))
+    if not d.hints:
+        print(f"day {d.number:02d} has no hints: read {d.lesson}")
+        return 0
+    shown = d.hints if args.all else d.hints[: max(1, args.n)]
+    for i, h in enumerate(shown, 1):
+        print(f"hint {i}/{len(d.hints)}: {h}")
+    if len(shown) < len(d.hints):
+        print(f"(more: tinyinfer hint {d.number} -n {len(shown) + 1}, or --all)")
+    return 0
+
+
+def cmd_reset(args) -> int:
+    d = _day(args.day)
+    forgot = progress.forget(d.number)
+    print(f"day {d.number:02d}: " + ("progress forgotten; the engine uses the reference again until it passes"
+                                      if forgot else "nothing recorded"))
+    return 0
+
+
+def cmd_check(args) -> int:
+    d = _published(_day(args.day))
+    cmd = [sys.executable, "-m", "pytest", f"checkers/{d.tag}", "--track", args.track or registry.default_track(),
+           *args.pytest_args]
+    return subprocess.call(cmd, cwd=REPO)
+
+
+# ---- diff / render ------------------------------------------------------------------------------
+def _files(folder: Path) -> dict[str, list[str]]:
+    return {p.name: p.read_text().splitlines(keepends=True) for p in sorted(folder.glob("*.py"))}
+
+
+def cmd_diff(args) -> int:
+    d = _published(_day(args.day))
+    if args.from_day:
+        m = _published(_day(args.from_day))
+        left, right = m.path("solutions"), d.path("solutions")
+    else:
+        left, right = d.path("days"), d.path("solutions")
+    a, b = _files(left), _files(right)
+    out = []
+    for name in sorted(set(a) | set(b)):
+        out += difflib.unified_diff(a.get(name, []), b.get(name, []),
+                                    f"{left.relative_to(REPO)}/{name}", f"{right.relative_to(REPO)}/{name}")
+    sys.stdout.writelines(out)
+    return 0
+
+
+def cmd_render(args) -> int:
+    from shared import lessons
+    days = [_published(_day(args.day))] if args.day else syllabus.published()
+    out = Path(args.out)
+    for d in days:
+        print(f"rendering day {d.number:02d} ...", file=sys.stderr)
+        paths = lessons.render(d, out, execute=not args.no_execute)
+        print("  " + "  ".join(str(p) for p in paths))
+    print(lessons.write_index(out))
+    return 0
+
+
+# ---- models / generate / bench / doctor ------------------------------------------------------
+def cmd_model(args) -> int:
+    from shared import models
+    if args.action == "prepare":
+        path = models.prepare_smollm2(from_gguf=args.from_gguf, force=args.force)
+        print(f"SmolLM2-135M-Instruct ready: {path}")
+        return 0
+    print(f"model cache: {models.home()}")
+    for name, path, ready in models.available():
+        print(f"  {name:<8} {'ready' if ready else 'not prepared':<13} {path}")
+    print("  (any HF-format Llama folder works too: --model PATH)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from shared.engine import Engine
+    if args.simulate:
+        os.environ.setdefault("TINYINFER_TIER", "sim")
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    engine = Engine(args.model, track=args.track, dtype=args.dtype,
+                    use_cache=False if args.no_cache else None, simulate=args.simulate)
+    print(f"[{engine.describe()}]", file=sys.stderr)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, seed=args.seed)
+    if args.stream:
+        for piece in engine.stream(args.prompt, chat=args.chat, **kw):
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print(engine.generate(args.prompt, chat=args.chat, **kw))
+    s = engine.stats
+    print(f"[{s.prompt_tokens} prompt + {s.new_tokens} new tokens; TTFT {s.ttft_s * 1e3:.0f} ms; "
+          f"decode {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    try:
+        from shared import bench
+    except ImportError:
+        raise UsageError("the benchmark harness arrives with day 22") from None
+    return bench.main(args)
+
+
+def cmd_doctor(args) -> int:
+    import importlib.metadata as md
+    from shared import models
+    from shared.tier import detect
+    ok = True
+
+    def ver(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+    print(f"python      {sys.version.split()[0]}")
+    for pkg in ("torch", "numba", "numba-cuda", "numpy", "transformers", "tokenizers", "safetensors", "gguf"):
+        v = ver(pkg)
+        note = ""
+        if v is None:
+            ok, note = False, "  MISSING: pip install -e ."
+        elif pkg == "numpy" and tuple(int(x) for x in v.split(".")[:2]) >= (2, 5):
+            ok, note = False, "  numba-cuda 0.30 breaks on numpy >= 2.5: pip install 'numpy<2.5'"
+        print(f"{pkg:<11} {v or '-'}{note}")
+    tier = detect()
+    import torch
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        print(f"gpu         {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, CUDA {torch.version.cuda}")
+    else:
+        print("gpu         none: kernels run in Numba's CUDA simulator (sim tier); generate uses the reference")
+    print(f"tier        {tier}")
+    for name, path, ready in models.available():
+        print(f"model       {name}: {'ready' if ready else 'not prepared'} ({path})")
+    print("all good" if ok else "problems found (see above)")
+    return 0 if ok else 1
+
+
+# ---- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinyinfer", description="Build an LLM inference engine in 60 days.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    track = dict(choices=registry.TRACKS, default=None, help="days (your code, default) or solutions")
+
+    s = sub.add_parser("status", help="the 60 days, your progress, where each engine component comes from")
+    s.add_argument("--track", **track)
+    s.set_defaults(fn=cmd_status)
+    sub.add_parser("next", help="what to do next").set_defaults(fn=cmd_next)
+    s = sub.add_parser("check", help="run a day's checker (pytest)")
+    s.add_argument("day")
+    s.add_argument("--track", **track)
+    s.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_check)
+    s = sub.add_parser("hint", help="hints for a day")
+    s.add_argument("day")
+    s.add_argument("-n", type=int, default=1, help="how many hints")
+    s.add_argument("--all", action="store_true")
+    s.set_defaults(fn=cmd_hint)
+    s = sub.add_parser("reset", help="forget a day's recorded progress")
+    s.add_argument("day")
+    s.set_defaults(fn=cmd_reset)
+    s = sub.add_parser("diff", help="stub vs solution of a day (or --from MM: solution MM vs NN)")
+    s.add_argument("day")
+    s.add_argument("--from", dest="from_day")
+    s.set_defaults(fn=cmd_diff)
+    s = sub.add_parser("render", help="execute and render lessons to build/lessons")
+    s.add_argument("day", nargs="?")
+    s.add_argument("--out", default=str(REPO / "build" / "lessons"))
+    s.add_argument("--no-execute", action="store_true")
+    s.set_defaults(fn=cmd_render)
+    s = sub.add_parser("model", help="prepare or list models")
+    s.add_argument("action", choices=["prepare", "list"])
+    s.add_argument("--from-gguf", help="offline: SmolLM2-135M-Instruct.Q4_1.gguf you copied here")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_model)
+    s = sub.add_parser("generate", help="generate text")
+    s.add_argument("prompt")
+    s.add_argument("--model", default=None, help="smollm2 (default), tiny, or an HF Llama folder")
+    s.add_argument("--track", **track)
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--dtype", choices=["fp16", "fp32"], default=None)
+    s.add_argument("--stream", action="store_true", help="print text as it is generated")
+    s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
+    s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model)")
+    s.set_defaults(fn=cmd_generate)
+    s = sub.add_parser("bench", help="benchmark the engine against HF transformers")
+    s.set_defaults(fn=cmd_bench)
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    sub.add_parser("doctor", help="check GPU, driver, numba-cuda and the numpy pin").set_defaults(fn=cmd_doctor)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    from shared.models import ModelError
+    try:
+        return args.fn(args) or 0
+    except (UsageError, ModelError, ValueError, LookupError, FileNotFoundError) as e:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        print(f"tinyinfer: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

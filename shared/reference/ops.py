@@ -1,0 +1,177 @@
+"""PyTorch reference for every kernel-level component: the oracle the checkers compare against
+and the engine's fallback for any component whose day is not finished yet.
+
+These signatures are the contract. A day that provides a name implements exactly this call.
+All ops accept fp32 or fp16 tensors on any device and accumulate in fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from shared.config import ModelConfig
+
+
+# ---- Phase 0 ---------------------------------------------------------------------------------
+def vector_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out = a + b for 1-D tensors of equal length."""
+    return a + b
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x), computed in fp32, returned in x's dtype."""
+    return torch.nn.functional.silu(x.float()).to(x.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up (the core of SwiGLU); 2-D [rows, cols], returned in gate's dtype."""
+    return (torch.nn.functional.silu(gate.float()) * up.float()).to(gate.dtype)
+
+
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """[rows, cols] -> [rows] fp32 sum of each row."""
+    return x.float().sum(dim=-1)
+
+
+def row_max(x: torch.Tensor) -> torch.Tensor:
+    """[rows, cols] -> [rows] fp32 max of each row."""
+    return x.float().amax(dim=-1)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Stable softmax over the last dim of [rows, cols]; a row that is all -inf gives zeros."""
+    xf = x.float()
+    m = xf.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isinf(m) & (m < 0), torch.zeros_like(m), m)
+    e = torch.exp(xf - m)
+    s = e.sum(dim=-1, keepdim=True)
+    return torch.where(s > 0, e / s, torch.zeros_like(e)).to(x.dtype)
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y = x @ w.T; x [M, K], w [N, K] -> [M, N] (PyTorch's Linear layout)."""
+    return (x.float() @ w.float().T).to(x.dtype)
+
+
+# ---- Phases 1-2: the forward pass ------------------------------------------------------------
+def embedding(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """ids [T] integer -> rows of table [vocab, hidden]; out-of-range ids raise ValueError."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
+        bad = ids[(ids < 0) | (ids >= table.shape[0])][0].item()
+        raise ValueError(f"token id {bad} out of range for a vocabulary of {table.shape[0]}")
+    return table[ids.long()]
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) in fp32, cast to x's dtype, times weight."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y = x @ w.T; x [T, in], w [out, in] -> [T, out]. No bias (Llama has none)."""
+    return matmul(x, w)
+
+
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [head_dim // 2] fp32 from rope_theta, with llama3 scaling if set."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> None:
+    """Rotate q [T, H, hd] and k [T, KV, hd] IN PLACE by their positions [T].
+
+    HF pairing ("rotate half"): element i pairs with i + hd/2, angle = position * inv_freq[i].
+    """
+    angles = positions.float()[:, None] * inv_freq.float().to(positions.device)[None, :]  # [T, hd/2]
+    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
+    for t in (q, k):
+        half = t.shape[-1] // 2
+        x1, x2 = t[..., :half].float(), t[..., half:].float()
+        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        t.copy_(out.to(t.dtype))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal grouped-query attention.
+
+    q [T, H, hd], k and v [S, KV, hd] with H % KV == 0 and T <= S. Query i sits at position
+    S - T + i and sees keys 0..S-T+i (the mask is aligned to the end). Scale 1/sqrt(hd).
+    Returns [T, H, hd] in q's dtype.
+    """
+    T, H, hd = q.shape
+    S, KV, _ = k.shape
+    g = H // KV
+    qf = q.float().transpose(0, 1)                                   # [H, T, hd]
+    kf = k.float().transpose(0, 1).repeat_interleave(g, dim=0)       # [H, S, hd]
+    vf = v.float().transpose(0, 1).repeat_interleave(g, dim=0)
+    scores = qf @ kf.transpose(1, 2) / math.sqrt(hd)                 # [H, T, S]
+    qpos = torch.arange(S - T, S, device=q.device)[:, None]
+    kpos = torch.arange(S, device=q.device)[None, :]
+    scores = scores.masked_fill(kpos > qpos, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ vf                          # [H, T, hd]
+    return out.transpose(0, 1).to(q.dtype).contiguous()
+
+
+# ---- Phase 3: generation ---------------------------------------------------------------------
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token from logits [V] (-> 0-d int64) or [B, V] (-> [B]).
+
+    temperature 0 = greedy (argmax, ties -> lowest index). Else logits / temperature, keep the
+    top_k largest (0 = all), then the smallest set whose probability reaches top_p, and draw.
+    """
+    x = logits.float()
+    if temperature <= 0:
+        return torch.argmax(x, dim=-1)
+    x = x / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        before = probs.cumsum(-1) - probs          # mass of the tokens ranked above
+        drop = before >= top_p
+        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
+        x = torch.full_like(x, float("-inf")).scatter(-1, order, sorted_x)
+    probs = torch.softmax(x, dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    out = torch.multinomial(flat.cpu() if generator is not None and generator.device.type == "cpu" else flat,
+                            1, generator=generator).to(logits.device)
+    return out.reshape(probs.shape[:-1])
+
+
+def kv_write(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             positions: torch.Tensor) -> None:
+    """Store k, v [T, KV, hd] into one layer's cache [KV, max_seq, hd] at positions [T]."""
+    idx = positions.long()
+    k_cache[:, idx] = k.transpose(0, 1).to(k_cache.dtype)
+    v_cache[:, idx] = v.transpose(0, 1).to(v_cache.dtype)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_len: torch.Tensor) -> torch.Tensor:
+    """One new query per head over the cache: q [H, hd], caches [KV, max_seq, hd].
+
+    cache_len: int32 tensor [1] on the device = how many positions are valid (the new token
+    included). A tensor, not an int, so a CUDA graph can replay the step at any length (day 54).
+    Returns [H, hd].
+    """
+    n = int(cache_len.reshape(-1)[0])
+    return attention(q[None], k_cache[:, :n].transpose(0, 1), v_cache[:, :n].transpose(0, 1))[0]

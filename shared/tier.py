@@ -1,0 +1,40 @@
+"""Choose where kernels run -- the real GPU or Numba's CUDA simulator -- before numba loads.
+
+The simulator is selected by the NUMBA_ENABLE_CUDASIM environment variable, which numba reads
+once, at import. So every entry point (pytest plugin, CLI, lessons) calls `select()` first.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+TIERS = ("gpu", "sim")
+
+
+def detect() -> str:
+    """'gpu' if a CUDA GPU is usable, else 'sim'. TINYINFER_TIER=sim|gpu overrides."""
+    forced = os.environ.get("TINYINFER_TIER", "").strip().lower()
+    if forced:
+        if forced not in TIERS:
+            raise ValueError(f"TINYINFER_TIER={forced!r}: use 'gpu' or 'sim'")
+        return forced
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return "sim"
+    try:
+        import torch
+        return "gpu" if torch.cuda.is_available() else "sim"
+    except Exception:
+        return "sim"
+
+
+def select() -> str:
+    """Detect the tier and configure numba for it. Call before the first `import numba`."""
+    tier = detect()
+    want = "1" if tier == "sim" else "0"
+    if "numba" in sys.modules and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") != want:
+        import numba
+        if bool(numba.config.ENABLE_CUDASIM) != (tier == "sim"):
+            raise RuntimeError(f"numba was imported before the tier ({tier}) was chosen; "
+                               "import shared.tier and call select() first")
+    os.environ["NUMBA_ENABLE_CUDASIM"] = want
+    return tier
