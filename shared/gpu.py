@@ -8,6 +8,8 @@ Torch tensors are passed to kernels as they are (CUDA array interface / simulato
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import warnings
 
 from shared.tier import select
@@ -42,9 +44,112 @@ def stream():
     return s
 
 
+LAUNCHES = 0  # kernels launched through `launch` so far (benchmarks count kernels per token)
+FAST = os.environ.get("TINYINFER_FAST_LAUNCH", "1") != "0"
+
+
 def launch(kernel, grid, block, *args, shared_bytes: int = 0):
-    """kernel[grid, block, stream, shared_bytes](*args) on torch's current stream."""
-    kernel[grid, block, stream(), shared_bytes](*args)
+    """kernel[grid, block, stream, shared_bytes](*args) on torch's current stream.
+
+    On a GPU, after the first call for a given argument-type pattern, this skips numba's
+    per-call type inference and argument marshalling (~50 us) and hands the compiled kernel
+    the arguments straight from the tensors' metadata (shared/DESIGN.md, "launch path").
+    TINYINFER_FAST_LAUNCH=0 turns that off.
+    """
+    global LAUNCHES
+    LAUNCHES += 1
+    if SIM or not FAST:
+        kernel[grid, block, stream(), shared_bytes](*args)
+        return
+    key = (kernel, tuple(_arg_key(a) for a in args))
+    entry = _compiled.get(key)
+    if entry is None:
+        kernel[grid, block, stream(), shared_bytes](*args)   # compiles, validates, launches
+        _compiled[key] = _fast_entry(kernel, args, key)
+        return
+    if entry is False:
+        kernel[grid, block, stream(), shared_bytes](*args)
+        return
+    cufunc, packers = entry
+    kargs = []
+    for pack, a in zip(packers, args):
+        pack(a, kargs)
+    _core_launch(_core_stream(), _launch_config(grid, block, shared_bytes), cufunc, *kargs)
+
+
+# ---- the fast path's pieces ------------------------------------------------------------------
+_compiled: dict = {}
+_configs: dict = {}
+_core_streams: dict = {}
+
+
+def _arg_key(a):
+    if isinstance(a, torch.Tensor):
+        # contiguous CUDA tensors only: numba types them Array(dtype, ndim, 'C')
+        return (a.dtype, a.dim()) if a.is_cuda and a.is_contiguous() else None
+    return type(a)
+
+
+def _fast_entry(kernel, args, key):
+    """(compiled kernel, per-argument packers) or False when this call shape must stay slow."""
+    from numba.cuda import types as nt
+    if None in key[1] or getattr(kernel, "extensions", None):
+        return False
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    overload = kernel.overloads.get(argtypes)
+    if overload is None or overload.debug or overload.cooperative:
+        return False
+    packers = []
+    for t in argtypes:
+        if isinstance(t, nt.Array) and t.layout == "C":
+            packers.append(_pack_tensor)
+        elif isinstance(t, nt.Integer):
+            packers.append(_pack_ctype(getattr(ctypes, f"c_{t}")))
+        elif t == nt.float32:
+            packers.append(_pack_ctype(ctypes.c_float))
+        elif t == nt.float64:
+            packers.append(_pack_ctype(ctypes.c_double))
+        elif t == nt.boolean:
+            packers.append(_pack_ctype(ctypes.c_bool))
+        else:
+            return False
+    return overload._codelibrary.get_cufunc().kernel, packers
+
+
+def _pack_tensor(t, out):
+    """numba's array ABI: meminfo, parent, size, itemsize, data, shape..., strides (bytes)..."""
+    item = t.element_size()
+    out += (0, 0, t.numel(), item, t.data_ptr(), *t.shape, *[s * item for s in t.stride()])
+
+
+def _pack_ctype(ctype):
+    def pack(v, out):
+        out.append(ctype(v))
+    return pack
+
+
+def _launch_config(grid, block, shared_bytes):
+    key = (grid, block, shared_bytes)
+    cfg = _configs.get(key)
+    if cfg is None:
+        from cuda.core import LaunchConfig
+        cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes)
+    return cfg
+
+
+def _core_stream():
+    handle = torch.cuda.current_stream().cuda_stream
+    s = _core_streams.get(handle)
+    if s is None:
+        from numba.cuda.cudadrv import driver
+        s = _core_streams[handle] = driver._to_core_stream(stream())
+    return s
+
+
+def _core_launch(*a):
+    from cuda.core import launch as core_launch
+    globals()["_core_launch"] = core_launch
+    core_launch(*a)
 
 
 def cdiv(a: int, b: int) -> int:
