@@ -28,6 +28,21 @@ except ImportError:  # pragma: no cover
 
 _streams: dict[int, object] = {}
 
+if SIM:
+    # The simulator runs one Python thread per CUDA thread and its barriers poll; a shorter
+    # thread switch interval makes cuda.syncthreads() several times faster.
+    import sys
+    sys.setswitchinterval(5e-4)
+
+
+def _sim_arg(a):
+    """The simulator is built for numpy arrays: hand it a zero-copy numpy view of a CPU tensor
+    (stores of numpy scalars into torch tensors fail there, and element reads are faster)."""
+    if isinstance(a, torch.Tensor) and a.dtype != torch.bfloat16:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(a.detach().numpy())   # wrapped: no copy, strided views allowed
+    return a
+
 
 def device() -> torch.device:
     return torch.device("cpu" if SIM else "cuda")
@@ -58,7 +73,10 @@ def launch(kernel, grid, block, *args, shared_bytes: int = 0):
     """
     global LAUNCHES
     LAUNCHES += 1
-    if SIM or not FAST:
+    if SIM:
+        kernel[grid, block, 0, shared_bytes](*[_sim_arg(a) for a in args])
+        return
+    if not FAST:
         kernel[grid, block, stream(), shared_bytes](*args)
         return
     key = (kernel, tuple(_arg_key(a) for a in args))
