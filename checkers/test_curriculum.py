@@ -73,18 +73,19 @@ def test_provided_names_keep_the_reference_signature(d):
         want = [p.name for p in inspect.signature(ref).parameters.values() if p.kind != p.KEYWORD_ONLY]
         got = [p.name for p in inspect.signature(mine).parameters.values() if p.kind != p.KEYWORD_ONLY]
         assert got == want, f"{d.tag}.{name}{got} must take the reference's parameters {want}"
-        extra = [p for p in inspect.signature(mine).parameters.values()
-                 if p.kind == p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+        required = {p.name for p in inspect.signature(ref).parameters.values() if p.kind == p.KEYWORD_ONLY}
+        extra = [p.name for p in inspect.signature(mine).parameters.values() if p.kind == p.KEYWORD_ONLY
+                 and p.default is inspect.Parameter.empty and p.name not in required]
         assert not extra, f"{d.tag}.{name}: extra keyword-only parameters need defaults"
 
 
 @pytest.mark.parametrize("d", PUBLISHED, ids=ids)
 def test_stub_still_raises_not_implemented(d):
     stub = registry.day_module(d.number, "days")
-    marker = f'NotImplementedError("Day {d.number:02d}'
+    marker = re.compile(rf'NotImplementedError\(f?"Day {d.number:02d}:')
     for name in stub.__all__:
         src = inspect.getsource(getattr(stub, name))
-        assert marker in src, f"days/{d.tag}: {name} must raise {marker}: ...\") until the learner writes it"
+        assert marker.search(src), f'days/{d.tag}: {name} must raise NotImplementedError("Day {d.number:02d}: ...")'
 
 
 def test_readme_day_table_matches_syllabus():
