@@ -24,7 +24,7 @@ def _hf_greedy(hf, ids, n):
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_model, track):
     from shared.engine import Engine
-    return Engine(str(tiny_model), track=track)
+    return Engine(str(tiny_model), track=track, dtype="fp32")
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -45,15 +45,15 @@ def test_tiny_logits_match_hf(tiny_engine, tiny_model):
 def test_cache_and_recompute_agree(tiny_model, track):
     from shared.engine import Engine
     ids = [5, 70, 71, 72, 9]
-    cached = list(Engine(str(tiny_model), track=track).generate_ids(ids, max_new_tokens=12))
-    plain = list(Engine(str(tiny_model), track=track, use_cache=False).generate_ids(ids, max_new_tokens=12))
+    cached = list(Engine(str(tiny_model), track=track, dtype="fp32").generate_ids(ids, max_new_tokens=12))
+    plain = list(Engine(str(tiny_model), track=track, dtype="fp32", use_cache=False).generate_ids(ids, max_new_tokens=12))
     assert cached == plain
 
 
 @pytest.mark.model
 def test_smollm2_greedy_equals_hf(smollm2, track):
     from shared.engine import Engine
-    engine = Engine(str(smollm2), track=track)
+    engine = Engine(str(smollm2), track=track, dtype="fp32")
     hf = _hf(smollm2)
     for prompt in PROMPTS:
         ids = engine.prompt_ids(prompt)
