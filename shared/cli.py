@@ -189,11 +189,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    try:
-        from shared import bench
-    except ImportError:
-        raise UsageError("the benchmark harness arrives with day 22") from None
-    return bench.main(args)
+    from shared import bench
+    bench.run_args(args)
+    return 0
 
 
 def cmd_doctor(args) -> int:
@@ -282,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model)")
     s.set_defaults(fn=cmd_generate)
-    s = sub.add_parser("bench", help="benchmark the engine against HF transformers")
+    s = sub.add_parser("bench", help="benchmark the engine against HF transformers (JSON, Markdown, plots)")
+    from shared import bench
+    bench.add_arguments(s)
     s.set_defaults(fn=cmd_bench)
-    s.add_argument("bench_args", nargs=argparse.REMAINDER)
     sub.add_parser("doctor", help="check GPU, driver, numba-cuda and the numpy pin").set_defaults(fn=cmd_doctor)
     return p
 

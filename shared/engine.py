@@ -143,11 +143,8 @@ class Engine:
 
     def stream(self, prompt: str, chat: bool = False, **kw) -> Iterator[str]:
         """Text pieces as they become final (UTF-8 safe)."""
-        detok = self.tokenizer.detokenizer()
-        for tok in self.generate_ids(self.prompt_ids(prompt, chat), **kw):
-            piece = detok.push(tok)
-            if piece:
-                yield piece
+        for event in self.ops.stream(self.generate_ids(self.prompt_ids(prompt, chat), **kw), self.tokenizer):
+            yield event.text
 
     def generate(self, prompt: str, chat: bool = False, **kw) -> str:
         return "".join(self.stream(prompt, chat, **kw))

@@ -6,9 +6,12 @@ from shared.reference.model import forward, mlp
 from shared.reference.ops import (attention, decode_attention, embedding, kv_write, linear, matmul,
                                   rmsnorm, rope, rope_frequencies, row_max, row_sum, sample, silu,
                                   silu_mul, softmax, vector_add)
+from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
+from shared.bench import benchmark  # noqa: E402  (the day-22 harness is its own reference)
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
-           "vector_add", "IncrementalDetokenizer", "Tokenizer"]
+           "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
+           "summary", "benchmark"]

@@ -1,0 +1,243 @@
+"""Day 20 checker: decode_attention over the static KV cache. Run: pytest checkers/day_20"""
+import functools
+import threading
+import time
+
+import pytest
+import torch
+
+from shared import reference
+from shared.registry import Ops
+from shared.testing import assert_close, poison_, randn, record_bench, tol
+
+DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.fixture(scope="module")
+def bs(sizes):
+    """Threads per block: few in the simulator (one OS thread each), the default on a GPU."""
+    return sizes(tiny=32, real=128)
+
+
+def _case(H, KV, hd, max_seq, n, dtype, device, seed, tail="nan"):
+    """Random q and caches; positions >= n hold garbage that must never reach the output."""
+    q = randn(H, hd, dtype=dtype, device=device, seed=seed)
+    k = randn(KV, max_seq, hd, dtype=dtype, device=device, seed=seed + 1)
+    v = randn(KV, max_seq, hd, dtype=dtype, device=device, seed=seed + 2)
+    if tail is not None:
+        garbage = float("nan") if tail == "nan" else (6e4 if dtype == torch.float16 else 1e30)
+        k[:, n:], v[:, n:] = garbage, garbage
+    return q, k, v, torch.tensor([n], dtype=torch.int32, device=device)
+
+
+def _expected(q, k, v, cache_len):
+    return reference.decode_attention(q, k, v, cache_len)   # reads only the first cache_len positions
+
+
+# (H, KV, hd, max_seq, n): length 1, odd lengths longer than a block, the full cache, GQA 9/3
+TINY = [(4, 2, 16, 8, 1), (4, 2, 16, 40, 37), (4, 2, 16, 24, 24), (9, 3, 8, 20, 13)]
+REAL = [(9, 3, 64, 2048, 1), (9, 3, 64, 2048, 1001), (9, 3, 64, 2048, 2048), (32, 8, 128, 4096, 3333)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference_and_ignores_the_tail(day, sizes, device, bs, dtype):
+    """Scores in fp32 over exactly the first cache_len positions; NaN past the end must not leak in."""
+    for i, (H, KV, hd, max_seq, n) in enumerate(sizes(tiny=TINY, real=REAL)):
+        q, k, v, cache_len = _case(H, KV, hd, max_seq, n, dtype, device, seed=10 * i)
+        out = day.decode_attention(q, k, v, cache_len, block_size=bs)
+        assert out.dtype == q.dtype, f"output dtype {out.dtype}, expected q's dtype {q.dtype}"
+        assert_close(out, _expected(q, k, v, cache_len),
+                     f"decode_attention H={H} KV={KV} hd={hd} cache_len={n}/{max_seq} {dtype}", **tol(dtype, 5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_values_past_cache_len_are_not_read(day, sizes, device, bs, dtype):
+    """Huge keys past the end would win the softmax if you masked the wrong positions (off by one)."""
+    H, KV, hd, max_seq, n = sizes(tiny=(4, 2, 16, 32, 9), real=(9, 3, 64, 1024, 513))
+    q, k, v, cache_len = _case(H, KV, hd, max_seq, n, dtype, device, seed=3, tail="huge")
+    assert_close(day.decode_attention(q, k, v, cache_len, block_size=bs), _expected(q, k, v, cache_len),
+                 f"decode_attention with huge values at positions >= cache_len={n} ({dtype})", **tol(dtype, 5))
+
+
+@pytest.mark.parametrize("block_size", [32, 64])
+def test_any_block_size_and_lengths_not_a_multiple_of_it(day, sizes, device, block_size):
+    """A few threads striding over many positions: each block reduces max and sum with barriers."""
+    H, KV, hd, max_seq, n = sizes(tiny=(4, 2, 16, 80, 75), real=(9, 3, 64, 4096, 4095))
+    for bs in sizes(tiny=[block_size], real=[block_size, 4 * block_size]):
+        q, k, v, cache_len = _case(H, KV, hd, max_seq, n, torch.float32, device, seed=bs)
+        assert_close(day.decode_attention(q, k, v, cache_len, block_size=bs), _expected(q, k, v, cache_len),
+                     f"decode_attention block_size={bs} cache_len={n}", **tol(torch.float32, 5))
+
+
+def test_large_scores_stay_finite(day, sizes, device, bs):
+    """Scores in the hundreds overflow exp() in fp32 unless you subtract the max first (stable softmax)."""
+    H, KV, hd, max_seq, n = sizes(tiny=(4, 2, 16, 16, 11), real=(9, 3, 64, 512, 300))
+    q, k, v, cache_len = _case(H, KV, hd, max_seq, n, torch.float32, device, seed=7)
+    q *= 100.0
+    assert_close(day.decode_attention(q, k, v, cache_len, block_size=bs), _expected(q, k, v, cache_len),
+                 "decode_attention with large scores (did you subtract the max?)", **tol(torch.float32, 10))
+
+
+def test_same_buffers_replay_at_a_new_length(day, device, bs):
+    """Like a CUDA graph replay: only the contents of cache_len change between two calls."""
+    q, k, v, cache_len = _case(4, 2, 16, 24, 5, torch.float32, device, seed=11, tail=None)
+    for n in (5, 18):
+        cache_len.fill_(n)
+        assert_close(day.decode_attention(q, k, v, cache_len, block_size=bs), _expected(q, k, v, cache_len),
+                     f"decode_attention after cache_len was set to {n} in place")
+
+
+def test_cache_len_is_read_on_the_device_not_the_host(day, device, bs, monkeypatch):
+    """.item() / int() / .tolist() on cache_len syncs the GPU and bakes the length into the launch."""
+    q, k, v, cache_len = _case(4, 2, 16, 12, 6, torch.float32, device, seed=5)
+    expected = _expected(q, k, v, cache_len)
+    main = threading.main_thread()
+
+    def refuse(original):
+        def host_read(self, *a, **kw):
+            if threading.current_thread() is main:   # simulator kernel threads may index tensors
+                raise AssertionError("decode_attention read a tensor on the host (.item()/int()/.tolist()): "
+                                     "pass cache_len to the kernel and read cache_len[0] there")
+            return original(self, *a, **kw)
+        return host_read
+
+    for name in ("item", "tolist", "__int__", "__index__", "__float__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse(getattr(torch.Tensor, name)))
+    out = day.decode_attention(q, k, v, cache_len, block_size=bs)
+    monkeypatch.undo()
+    assert_close(out, expected, "decode_attention output")
+
+
+def test_bad_inputs_raise_value_error(day, device):
+    q = torch.zeros(4, 16, device=device)
+    kc = torch.zeros(2, 8, 16, device=device)
+    n = torch.tensor([3], dtype=torch.int32, device=device)
+    for args, what in [((q, kc, kc, 3), "cache_len as a Python int"),
+                       ((q, kc, kc, torch.tensor([3.0], device=device)), "cache_len float"),
+                       ((torch.zeros(3, 16, device=device), kc, kc, n), "H=3 not a multiple of KV=2"),
+                       ((q, torch.zeros(2, 8, 8, device=device), torch.zeros(2, 8, 8, device=device), n),
+                        "head_dim mismatch"),
+                       ((q[None], kc, kc, n), "q with a T dimension")]:
+        with pytest.raises(ValueError):
+            day.decode_attention(*args)
+            pytest.fail(f"decode_attention accepted {what}; raise ValueError")
+
+
+# ---- generation with the cache == generation without it ----------------------------------------------
+def _ops_with(day, ops, track, bs):
+    """Reference ops everywhere, except your decode_attention and the track's kv_write (day 19)."""
+    table = {n: getattr(reference, n) for n in reference.__all__}
+    table.update(decode_attention=functools.partial(day.decode_attention, block_size=bs), kv_write=ops.kv_write)
+    return Ops(track, overrides=table)
+
+
+def _recompute_fn(weights, ops, device):
+    def next_logits(ids):
+        pos = torch.arange(len(ids), dtype=torch.int32, device=device)
+        return ops.forward(weights, torch.tensor(ids, dtype=torch.int32, device=device), pos, ops)[-1]
+    return next_logits
+
+
+def _cached_fn(weights, ops, max_len, device):
+    """Prefill writes the cache and runs causal attention; every later step is one decode_attention."""
+    c = weights.config
+    cache = ops.KVCache(c.num_layers, c.num_kv_heads, max_len, c.head_dim, weights.dtype, device)
+    poison_(cache.k), poison_(cache.v)        # never-written slots are NaN: reading one shows
+
+    def next_logits(ids):
+        new, start = ids[cache.length:], cache.length
+        cache.reserve(len(new))
+        T, end = len(new), start + len(new)
+        cache_len = torch.tensor([end], dtype=torch.int32, device=device)
+
+        def attend(layer, q, k, v, positions):
+            kc, vc = cache.k[layer], cache.v[layer]
+            ops.kv_write(kc, vc, k, v, positions)
+            if T == 1:
+                return ops.decode_attention(q[0], kc, vc, cache_len)[None]
+            return ops.attention(q, kc[:, :end].transpose(0, 1), vc[:, :end].transpose(0, 1))
+
+        pos = torch.arange(start, end, dtype=torch.int32, device=device)
+        logits = ops.forward(weights, torch.tensor(new, dtype=torch.int32, device=device), pos, ops, attend)
+        cache.length = end
+        return logits[-1]
+    return next_logits
+
+
+def _greedy(next_logits, prompt, n):
+    steps = []
+
+    def remember(logits):
+        steps.append(logits.float().cpu())
+        return reference.sample(logits)
+
+    return list(reference.generate(next_logits, prompt, max_new_tokens=n, sample=remember)), steps
+
+
+def test_cached_generation_equals_recompute_on_the_tiny_model(day, ops, track, tiny_model, sizes, device, bs):
+    """Greedy tokens and every step's logits agree whether the prefix is cached or recomputed."""
+    mixed = _ops_with(day, ops, track, bs)
+    weights = reference.load_model(tiny_model, dtype=torch.float32, device=device)
+    weights.inv_freq = reference.rope_frequencies(weights.config).to(device)
+    prompt = torch.randint(3, 259, (5,), generator=torch.Generator().manual_seed(0)).tolist()
+    n = sizes(tiny=5, real=40)
+    cached, cached_logits = _greedy(_cached_fn(weights, mixed, len(prompt) + n, device), prompt, n)
+    plain, plain_logits = _greedy(_recompute_fn(weights, mixed, device), prompt, n)
+    for i, (a, b) in enumerate(zip(cached_logits, plain_logits)):
+        assert_close(a, b, f"logits of new token {i} with the KV cache vs recomputing the prefix", atol=1e-4, rtol=1e-4)
+    assert cached == plain, f"cached greedy tokens {cached} != recomputed {plain}"
+
+
+# ---- GPU only -------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_no_host_sync(day, device):
+    """torch's sync debug mode raises if anything in the call synchronizes the GPU with the host."""
+    q, k, v, cache_len = _case(9, 3, 64, 1024, 700, torch.float16, device, seed=1)
+    expected = _expected(q, k, v, cache_len)
+    day.decode_attention(q, k, v, cache_len)       # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = day.decode_attention(q, k, v, cache_len)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_close(out, expected, "decode_attention", **tol(torch.float16, 5))
+
+
+def _timed_generate(engine, ids, n):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = list(engine.generate_ids(ids, max_new_tokens=n))
+    torch.cuda.synchronize()
+    assert len(out) == n
+    return time.perf_counter() - t
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+@pytest.mark.model
+def test_bench_cached_vs_recompute(day, track, smollm2):
+    """The point of the cache: each new token costs one token's work, not the whole prefix's."""
+    from shared.engine import Engine
+    engine = Engine(str(smollm2), track=track, dtype="fp16", use_cache=True)
+    engine.ops = Ops(track, overrides={"decode_attention": day.decode_attention})
+    engine.tokenizer.eos_token_ids = []               # always make exactly n tokens
+    short = engine.prompt_ids("Deep learning is")
+    long = engine.prompt_ids(" ".join(["Deep learning is a field of machine learning."] * 60))[:512]
+    result = {"model": "SmolLM2-135M", "dtype": "fp16", "gpu": torch.cuda.get_device_name(),
+              "short_prompt_tokens": len(short), "long_prompt_tokens": len(long)}
+    for label, ids, n in (("short", short, 50), ("short", short, 256), ("long", long, 50)):
+        times = {}
+        for use_cache in (True, False):
+            engine.use_cache = use_cache
+            _timed_generate(engine, ids, 4)           # warm-up (JIT compile)
+            times[use_cache] = _timed_generate(engine, ids, n)
+        result[f"{label}_cached_s_{n}"], result[f"{label}_recompute_s_{n}"] = times[True], times[False]
+        result[f"{label}_speedup_{n}"] = times[False] / times[True]
+    record_bench("day_20_cached_vs_recompute", result)
+    # From a 3-token prompt both loops are bound by ~400 Python kernel launches per token, so the
+    # cache shows only once the prefix is real work (lesson 20, "what to measure"; day 54 removes
+    # the launch cost). A 512-token prefix must make the cache win clearly.
+    assert result["long_speedup_50"] >= 2, (f"cached decode is only {result['long_speedup_50']:.2f}x faster than "
+                                            "recomputing a 512-token prefix for 50 tokens: is every step re-running "
+                                            "the whole prompt?")

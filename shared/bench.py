@@ -1,0 +1,349 @@
+"""`tinyinfer bench`: measure the engine (KV cache and prefix recompute) against HF transformers.
+
+- `benchmark(engine, ...)`: the reference for day 22 -- one engine's TTFT, prefill and decode
+  tok/s, peak memory, decode tok/s vs context, prefill time vs prompt length, kernel launches
+  per decode step and what those launches cost on the host.
+- `hf_benchmark(...)`: the same numbers for HF transformers (eager attention, greedy generate).
+- `run(...)` / `main(argv)`: build the engines, measure, and write bench.json, bench.md and two
+  PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
+Every run makes exactly the tokens asked for (EOS is ignored), after `warmup` untimed runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+GPU_DEFAULTS = dict(prompt_tokens=512, new_tokens=64, contexts=(512, 1024, 2048, 4096, 8192),
+                    prompt_lengths=(128, 512, 1024, 2048, 4096))
+CPU_DEFAULTS = dict(prompt_tokens=16, new_tokens=8, contexts=(16, 32, 64), prompt_lengths=(8, 16, 32, 64))
+
+
+# ---- one engine --------------------------------------------------------------------------------------
+def synthetic_prompt(vocab_size: int, n: int) -> list[int]:
+    """n deterministic token ids spread over the vocabulary (content does not change the cost)."""
+    return [(17 + 31 * i) % vocab_size for i in range(n)]
+
+
+_EMPTY_KERNEL = []
+
+
+def _empty():
+    pass
+
+
+def launch_overhead_s(samples: int = 20) -> float:
+    """Host seconds per launch of an empty kernel (compiled first; GPU synchronized after)."""
+    from shared import gpu
+    from numba import cuda
+    if not _EMPTY_KERNEL:
+        _EMPTY_KERNEL.append(cuda.jit(_empty))   # compiled once, on first use
+    empty_kernel = _EMPTY_KERNEL[0]
+    gpu.launch(empty_kernel, 1, 1)
+    _sync()
+    t = time.perf_counter()
+    for _ in range(samples):
+        gpu.launch(empty_kernel, 1, 1)
+    _sync()
+    return (time.perf_counter() - t) / samples
+
+
+def _sync():
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def _ignoring_eos(engine):
+    saved = list(engine.tokenizer.eos_token_ids)
+    engine.tokenizer.eos_token_ids = []
+    try:
+        yield
+    finally:
+        engine.tokenizer.eos_token_ids = saved
+
+
+def _generate(engine, ids: list[int], n: int):
+    """Run one generation; return (engine.stats, kernel launches per generated token)."""
+    from shared import gpu
+    per_token, seen = [], gpu.LAUNCHES     # gpu.launch counts every launch in gpu.LAUNCHES
+    for _ in engine.generate_ids(ids, max_new_tokens=n):
+        per_token.append(gpu.LAUNCHES - seen)
+        seen = gpu.LAUNCHES
+    if len(per_token) != n:
+        raise RuntimeError(f"asked for {n} tokens, the engine made {len(per_token)}")
+    return engine.stats, per_token
+
+
+def benchmark(engine, *, prompt_tokens: int = 16, new_tokens: int = 8, context_lengths=(16, 32),
+              prompt_lengths=(8, 16), warmup: int = 1, launch_samples: int = 20, progress: bool = False) -> dict:
+    """Measure one engine (an Engine, or a zero-argument factory that builds one); returns a flat dict.
+
+    Timings come from engine.stats after engine.generate_ids (the engine syncs every token when
+    it samples); EOS is ignored so each run makes exactly the tokens asked for. Keys:
+    prompt_tokens, new_tokens, warmup; ttft_s, prefill_tok_s (= prompt_tokens / ttft_s),
+    decode_tok_s (= engine.stats.decode_tok_s), ms_per_token -- all from the main run;
+    decode_vs_context: [{"context", "decode_tok_s", "ms_per_token"}] one per context length;
+    prefill_vs_prompt: [{"prompt_tokens", "prefill_s" (TTFT of a 1-token run), "prefill_tok_s"}];
+    peak_allocated_bytes, peak_reserved_bytes (torch.cuda.max_memory_*; 0 off the GPU);
+    launches_per_token (mean over the main run's decode steps, prefill excluded),
+    launch_overhead_s, launch_overhead_per_token_s (their product).
+    """
+    import torch
+    if not hasattr(engine, "generate_ids"):
+        engine = engine()
+    lengths = [prompt_tokens, *context_lengths, *prompt_lengths]
+    if new_tokens < 2 or min(lengths) < 1 or warmup < 0:
+        raise ValueError("benchmark needs new_tokens >= 2, every length >= 1 and warmup >= 0")
+    if max(lengths) + new_tokens > engine.max_seq:
+        raise ValueError(f"longest length {max(lengths)} + {new_tokens} new tokens > the engine's max_seq "
+                         f"{engine.max_seq}: use shorter lengths")
+    vocab = engine.config.vocab_size
+    cuda = torch.device(engine.device).type == "cuda"
+    runs = [("main", prompt_tokens, new_tokens)] + [("context", c, new_tokens) for c in context_lengths] + \
+           [("prompt", p, 1) for p in prompt_lengths]
+    from tqdm import tqdm
+    with _ignoring_eos(engine):
+        for _ in range(warmup):
+            _generate(engine, synthetic_prompt(vocab, min(8, prompt_tokens)), 2)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        out = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "warmup": warmup,
+               "decode_vs_context": [], "prefill_vs_prompt": []}
+        for kind, n, new in tqdm(runs, desc="benchmark", disable=not progress, file=sys.stderr):
+            stats, launches = _generate(engine, synthetic_prompt(vocab, n), new)
+            if kind == "main":
+                out.update(ttft_s=stats.ttft_s, prefill_tok_s=n / stats.ttft_s, decode_tok_s=stats.decode_tok_s,
+                           ms_per_token=1e3 / stats.decode_tok_s,
+                           launches_per_token=sum(launches[1:]) / len(launches[1:]))
+            elif kind == "context":
+                out["decode_vs_context"].append({"context": n, "decode_tok_s": stats.decode_tok_s,
+                                                 "ms_per_token": 1e3 / stats.decode_tok_s})
+            else:
+                out["prefill_vs_prompt"].append({"prompt_tokens": n, "prefill_s": stats.ttft_s,
+                                                 "prefill_tok_s": n / stats.ttft_s})
+    out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
+    out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if cuda else 0
+    out["launch_overhead_s"] = launch_overhead_s(launch_samples)
+    out["launch_overhead_per_token_s"] = out["launches_per_token"] * out["launch_overhead_s"]
+    return out
+
+
+# ---- HF transformers baseline -------------------------------------------------------------------------
+def hf_benchmark(model_dir, dtype, device, *, prompt_tokens: int, new_tokens: int,
+                 context_lengths, prompt_lengths, warmup: int = 1, progress: bool = False) -> dict:
+    """The same numbers for AutoModelForCausalLM (eager attention, greedy, exactly new_tokens)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="eager")
+    model = model.to(device).eval()
+    vocab = model.config.vocab_size
+    cuda = torch.device(device).type == "cuda"
+
+    class TokenClock:   # a generate() streamer: put() is called with the prompt, then with each new token
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    def timed(n_prompt, n_new):
+        """(TTFT, decode tok/s) of one greedy run making exactly n_new tokens."""
+        ids = torch.tensor([synthetic_prompt(vocab, n_prompt)], device=device)
+        clock = TokenClock()
+        _sync()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, min_new_tokens=n_new,
+                           do_sample=False, pad_token_id=0, streamer=clock)
+        new = clock.times[-n_new:]           # the streamer gets each token as a CPU tensor: synced
+        rate = (n_new - 1) / (new[-1] - new[0]) if n_new > 1 and new[-1] > new[0] else float("nan")
+        return new[0] - t, rate
+
+    for _ in range(warmup):
+        timed(min(8, prompt_tokens), 2)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    out = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "warmup": warmup,
+           "decode_vs_context": [], "prefill_vs_prompt": []}
+    bar = tqdm(total=1 + len(context_lengths) + len(prompt_lengths), desc="hf baseline", disable=not progress,
+               file=sys.stderr)
+    out["ttft_s"], out["decode_tok_s"] = timed(prompt_tokens, new_tokens)
+    out["prefill_tok_s"] = prompt_tokens / out["ttft_s"]
+    out["ms_per_token"] = 1e3 / out["decode_tok_s"]
+    bar.update()
+    for c in context_lengths:
+        r = timed(c, new_tokens)[1]
+        out["decode_vs_context"].append({"context": c, "decode_tok_s": r, "ms_per_token": 1e3 / r})
+        bar.update()
+    for p in prompt_lengths:
+        t = timed(p, 1)[0]
+        out["prefill_vs_prompt"].append({"prompt_tokens": p, "prefill_s": t, "prefill_tok_s": p / t})
+        bar.update()
+    bar.close()
+    out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
+    out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if cuda else 0
+    return out
+
+
+# ---- the runner ----------------------------------------------------------------------------------------
+def _fit(lengths, limit: int, what: str) -> list[int]:
+    """Clamp lengths to what the context window allows (the longest becomes the limit), deduplicated."""
+    out = sorted({min(int(n), limit) for n in lengths if int(n) >= 1})
+    if any(int(n) > limit for n in lengths):
+        print(f"note: {what} clamped to {limit} (context limit minus new tokens)", file=sys.stderr)
+    return out
+
+
+def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | None = None, contexts=None,
+        prompt_lengths=None, prompt_tokens: int | None = None, new_tokens: int | None = None, warmup: int = 1,
+        out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
+        benchmark_fn=None, progress: bool = True) -> dict:
+    """Benchmark the engine with the KV cache, without it (prefix recompute) and HF; write the report."""
+    import torch
+    from shared import gpu  # chooses the tier before numba loads
+    from shared.engine import Engine
+    engine = Engine(model, track=track, dtype=dtype)
+    d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
+    new_tokens = new_tokens or d["new_tokens"]
+    limit = engine.max_seq - new_tokens
+    prompt_tokens = min(prompt_tokens or d["prompt_tokens"], limit)
+    contexts = _fit(contexts or d["contexts"], limit, "context lengths")
+    prompt_lengths = _fit(prompt_lengths or d["prompt_lengths"], limit, "prompt lengths")
+    if benchmark_fn is None:
+        from shared import registry
+        try:
+            benchmark_fn = registry.resolve("benchmark", engine.track)   # day 22 once finished
+        except LookupError:
+            benchmark_fn = benchmark
+    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "model": str(model or "smollm2"),
+            "model_dir": str(engine.model_dir), "track": engine.track, "tier": gpu.TIER,
+            "device": str(engine.device), "gpu_name": torch.cuda.get_device_name() if engine.on_gpu else None,
+            "dtype": str(engine.dtype).removeprefix("torch."), "engine": engine.describe(),
+            "benchmark_fn": f"{benchmark_fn.__module__}.{benchmark_fn.__name__}",
+            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "contexts": contexts,
+            "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__}
+    results = {}
+    kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, warmup=warmup, progress=progress)
+    engine.use_cache = True
+    results["cached"] = benchmark_fn(engine, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
+    if naive:
+        engine.use_cache = False
+        small = [c for c in contexts if c <= naive_max_context] or contexts[:1]
+        results["naive"] = benchmark_fn(engine, context_lengths=small, prompt_lengths=prompt_lengths,
+                                        **{**kw, "prompt_tokens": min(prompt_tokens, naive_max_context)})
+        engine.use_cache = True
+    if hf:
+        results["hf"] = hf_benchmark(engine.model_dir, engine.dtype, engine.device, context_lengths=contexts,
+                                     prompt_lengths=prompt_lengths, **kw)
+    report = {"meta": meta, "results": results}
+    write_report(report, Path(out_dir))
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    """bench.json, bench.md (tables) and decode_vs_context.png, prefill_vs_prompt.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "bench.md").write_text(markdown(report))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    m = report["meta"]
+    title = f"{Path(m['model']).name}, {m['dtype']}, {m['gpu_name'] or m['device']}"
+    for name, series, x, y, xl, yl in [
+            ("decode_vs_context", "decode_vs_context", "context", "decode_tok_s", "context length (tokens)",
+             "decode tokens / s"),
+            ("prefill_vs_prompt", "prefill_vs_prompt", "prompt_tokens", "prefill_s", "prompt length (tokens)",
+             "prefill time (s)")]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, r in report["results"].items():
+            pts = r[series]
+            ax.plot([p[x] for p in pts], [p[y] for p in pts], "o-", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xl), ax.set_ylabel(yl), ax.set_title(title), ax.legend(), ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=120)
+        plt.close(fig)
+
+
+def _fmt(x, scale=1.0, digits=1):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x * scale:,.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    m, res = report["meta"], report["results"]
+    lines = [f"# tinyinfer bench: {Path(m['model']).name}", "",
+             f"{m['date']} · {m['gpu_name'] or m['device']} · {m['dtype']} · track {m['track']} · "
+             f"prompt {m['prompt_tokens']} + {m['new_tokens']} new tokens · warm-up {m['warmup']}", "",
+             "| engine | TTFT ms | prefill tok/s | decode tok/s | peak alloc MiB | peak reserved MiB | "
+             "launches/token | launch overhead ms/token |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res.items():
+        lines.append(f"| {name} | {_fmt(r['ttft_s'], 1e3, 2)} | {_fmt(r['prefill_tok_s'])} | {_fmt(r['decode_tok_s'])} "
+                     f"| {_fmt(r['peak_allocated_bytes'], 2 ** -20)} | {_fmt(r['peak_reserved_bytes'], 2 ** -20)} "
+                     f"| {_fmt(r.get('launches_per_token'))} | {_fmt(r.get('launch_overhead_per_token_s'), 1e3, 3)} |")
+    lines += ["", "Decode tok/s vs context length:", "", "| engine | " + " | ".join(str(c) for c in m["contexts"]) + " |",
+              "|---|" + "---:|" * len(m["contexts"])]
+    for name, r in res.items():
+        by = {p["context"]: p["decode_tok_s"] for p in r["decode_vs_context"]}
+        lines.append(f"| {name} | " + " | ".join(_fmt(by.get(c)) for c in m["contexts"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 512,1024") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="'smollm2', 'tiny' (default) or an HF Llama directory")
+    p.add_argument("--track", choices=("days", "solutions"), default=None)
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default=None)
+    p.add_argument("--contexts", type=_ints, default=None, help="decode tok/s at these context lengths")
+    p.add_argument("--prompt-lengths", type=_ints, default=None, help="prefill time at these prompt lengths")
+    p.add_argument("--prompt-tokens", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", default="build/bench/latest", help="folder for bench.json, bench.md and the plots")
+    p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
+    p.add_argument("--no-naive", action="store_true", help="skip the prefix-recompute engine")
+    p.add_argument("--naive-max-context", type=int, default=2048)
+
+
+def run_args(args: argparse.Namespace) -> dict:
+    report = run(args.model, track=args.track, dtype=args.dtype, contexts=args.contexts,
+                 prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                 warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
+                 naive_max_context=args.naive_max_context)
+    print(markdown(report))
+    print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")
+    return report
+
+
+def main(argv=None) -> int:
+    """`tinyinfer bench ARGS`: argv is a list of strings, or the CLI's namespace with `bench_args`."""
+    if isinstance(argv, argparse.Namespace):
+        argv = argv.bench_args
+    p = argparse.ArgumentParser(prog="tinyinfer bench", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    run_args(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
