@@ -53,3 +53,16 @@ def record_bench(name: str, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"[bench] {name}: {result}")
+
+
+def cuda_time_ms(fn, reps: int = 50) -> float:
+    """Mean milliseconds per call of fn on the GPU: one warm-up call, then CUDA events around reps calls."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps

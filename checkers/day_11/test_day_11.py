@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shared.reference import linear as reference_linear
-from shared.testing import assert_close, randn, record_bench, tol
+from shared.testing import cuda_time_ms, assert_close, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 SMOLLM2_SHAPES = [(576, 1536), (1536, 576), (576, 49152)]   # (in, out): up/gate, down, lm_head
@@ -95,15 +95,7 @@ def test_gemv_block_sizes_real_shape(day, device, block_size):
 
 
 def _time_ms(fn, reps=50):
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return cuda_time_ms(fn, reps)
 
 
 @pytest.mark.gpu

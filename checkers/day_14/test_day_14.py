@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.reference import attention
-from shared.testing import assert_close, randn, tol
+from shared.testing import cuda_time_ms, record_bench, assert_close, randn, tol
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -109,17 +109,9 @@ def test_bench_against_reference(day, device):
     q, k, v = qkv(1024, 1024, 9, 3, 64, torch.float16, device)
 
     def ms(fn, reps=20):
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps
+        return cuda_time_ms(fn, reps)
 
     ours, ref = ms(lambda: day.attention(q, k, v)), ms(lambda: attention(q, k, v))
-    record_bench = __import__("shared.testing", fromlist=["record_bench"]).record_bench
     record_bench("day_14_attention", {"T": 1024, "H": 9, "KV": 3, "hd": 64, "dtype": "fp16",
                                       "ours_ms": ours, "reference_ms": ref, "ratio": ours / ref})
     assert ours > 0 and ref > 0, "timings must be positive"

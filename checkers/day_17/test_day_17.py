@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shared import reference
-from shared.testing import randn, record_bench
+from shared.testing import cuda_time_ms, randn, record_bench
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (any statistics table):
 # a correct sampler exceeds them once in a thousand seeds, a wrong distribution almost always.
@@ -186,15 +186,7 @@ def test_bench_greedy_and_sampling_vs_torch(day, device):
     gen = torch.Generator(device=device).manual_seed(0)
 
     def ms(fn, reps=200):
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps
+        return cuda_time_ms(fn, reps)
 
     result = dict(vocab=49152, greedy_ms=ms(lambda: day.sample(x)), torch_argmax_ms=ms(lambda: torch.argmax(x, -1)),
                   sample_top_p_ms=ms(lambda: day.sample(x, 0.8, 50, 0.9, gen)),

@@ -4,7 +4,7 @@ import torch
 
 from shared import reference
 from shared.registry import Ops
-from shared.testing import assert_close, randn, record_bench
+from shared.testing import cuda_time_ms, assert_close, randn, record_bench
 
 
 def positions_tensor(values, device):
@@ -167,15 +167,7 @@ def test_bench_kv_write_vs_torch_indexing(day, device):
     vc = torch.zeros_like(kc)
 
     def ms(fn, reps=200):
-        fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / reps
+        return cuda_time_ms(fn, reps)
 
     result = {}
     for T, start in ((512, 0), (1, 700)):
