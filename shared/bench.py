@@ -224,10 +224,7 @@ def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | No
     prompt_lengths = _fit(prompt_lengths or d["prompt_lengths"], limit, "prompt lengths")
     if benchmark_fn is None:
         from shared import registry
-        try:
-            benchmark_fn = registry.resolve("benchmark", engine.track)   # day 22 once finished
-        except LookupError:
-            benchmark_fn = benchmark
+        benchmark_fn = registry.resolve("benchmark", engine.track)   # day 22 once finished, else the reference
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "model": str(model or "smollm2"),
             "model_dir": str(engine.model_dir), "track": engine.track, "tier": gpu.TIER,
             "device": str(engine.device), "gpu_name": torch.cuda.get_device_name() if engine.on_gpu else None,

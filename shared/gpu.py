@@ -20,6 +20,9 @@ SIM = TIER == "sim"
 import torch  # noqa: E402
 from numba import cuda  # noqa: E402
 
+if not SIM:  # the CUDA Python launch API under numba-cuda: the fast path calls it directly
+    from cuda.core import LaunchConfig, launch as _core_launch  # noqa: E402
+
 try:  # a small grid is the point of many checker launches: don't warn about it
     from numba.core.errors import NumbaPerformanceWarning
     warnings.simplefilter("ignore", NumbaPerformanceWarning)
@@ -150,7 +153,6 @@ def _launch_config(grid, block, shared_bytes):
     key = (grid, block, shared_bytes)
     cfg = _configs.get(key)
     if cfg is None:
-        from cuda.core import LaunchConfig
         cfg = _configs[key] = LaunchConfig(grid=grid, block=block, shmem_size=shared_bytes)
     return cfg
 
@@ -162,12 +164,6 @@ def _core_stream():
         from numba.cuda.cudadrv import driver
         s = _core_streams[handle] = driver._to_core_stream(stream())
     return s
-
-
-def _core_launch(*a):
-    from cuda.core import launch as core_launch
-    globals()["_core_launch"] = core_launch
-    core_launch(*a)
 
 
 def cdiv(a: int, b: int) -> int:
