@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from shared import REPO, readme, registry, syllabus
+from shared import REPO
+from shared.course import readme, registry, syllabus
 
 PUBLISHED = syllabus.published()
 ids = [d.tag for d in PUBLISHED]
@@ -90,7 +91,7 @@ def test_stub_still_raises_not_implemented(d):
 
 def test_readme_day_table_matches_syllabus():
     text = (REPO / "README.md").read_text()
-    assert readme.render(text) == text, "README's day table is stale: run `python -m shared.readme`"
+    assert readme.render(text) == text, "README's day table is stale: run `python -m shared.course.readme`"
 
 
 def test_every_checker_fails_against_the_untouched_stubs(tmp_path):

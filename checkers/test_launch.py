@@ -1,9 +1,9 @@
-"""shared.gpu.launch: the fast path (GPU) gives the same results as numba's own launch."""
+"""shared.runtime.gpu.launch: the fast path (GPU) gives the same results as numba's own launch."""
 import pytest
 import torch
 
-from shared import gpu
-from shared.testing import randn
+from shared.runtime import gpu
+from shared.course.testing import randn
 
 
 @pytest.mark.gpu

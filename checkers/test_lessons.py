@@ -2,7 +2,7 @@
 import nbformat
 import pytest
 
-from shared import lessons, syllabus
+from shared.course import lessons, syllabus
 
 PUBLISHED = syllabus.published()
 

@@ -1,8 +1,8 @@
 """`tinyinfer bench`: measure the engine (KV cache and prefix recompute) against HF transformers.
 
-- `benchmark(engine, ...)`: the reference for day 22 -- one engine's TTFT, prefill and decode
-  tok/s, peak memory, decode tok/s vs context, prefill time vs prompt length, kernel launches
-  per decode step and what those launches cost on the host.
+- `benchmark(engine, ...)` (day 22; its reference is shared/reference/benchmark.py): one
+  engine's TTFT, prefill and decode tok/s, peak memory, decode tok/s vs context, prefill time vs
+  prompt length, kernel launches per decode step and what those launches cost on the host.
 - `hf_benchmark(...)`: the same numbers for HF transformers (eager attention, greedy generate).
 - `run(...)` / `main(argv)`: build the engines, measure, and write bench.json, bench.md and two
   PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
@@ -11,7 +11,6 @@ Every run makes exactly the tokens asked for (EOS is ignored), after `warmup` un
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import json
 import math
@@ -19,121 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from shared.reference.benchmark import _sync, synthetic_prompt
+
 GPU_DEFAULTS = dict(prompt_tokens=512, new_tokens=64, contexts=(512, 1024, 2048, 4096, 8192),
                     prompt_lengths=(128, 512, 1024, 2048, 4096))
 CPU_DEFAULTS = dict(prompt_tokens=16, new_tokens=8, contexts=(16, 32, 64), prompt_lengths=(8, 16, 32, 64))
-
-
-# ---- one engine --------------------------------------------------------------------------------------
-def synthetic_prompt(vocab_size: int, n: int) -> list[int]:
-    """n deterministic token ids spread over the vocabulary (content does not change the cost)."""
-    return [(17 + 31 * i) % vocab_size for i in range(n)]
-
-
-_EMPTY_KERNEL = []
-
-
-def _empty():
-    pass
-
-
-def launch_overhead_s(samples: int = 20) -> float:
-    """Host seconds per launch of an empty kernel (compiled first; GPU synchronized after)."""
-    from shared import gpu
-    from numba import cuda
-    if not _EMPTY_KERNEL:
-        _EMPTY_KERNEL.append(cuda.jit(_empty))   # compiled once, on first use
-    empty_kernel = _EMPTY_KERNEL[0]
-    gpu.launch(empty_kernel, 1, 1)
-    _sync()
-    t = time.perf_counter()
-    for _ in range(samples):
-        gpu.launch(empty_kernel, 1, 1)
-    _sync()
-    return (time.perf_counter() - t) / samples
-
-
-def _sync():
-    import torch
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-@contextlib.contextmanager
-def _ignoring_eos(engine):
-    saved = list(engine.tokenizer.eos_token_ids)
-    engine.tokenizer.eos_token_ids = []
-    try:
-        yield
-    finally:
-        engine.tokenizer.eos_token_ids = saved
-
-
-def _generate(engine, ids: list[int], n: int):
-    """Run one generation; return (engine.stats, kernel launches per generated token)."""
-    from shared import gpu
-    per_token, seen = [], gpu.LAUNCHES     # gpu.launch counts every launch in gpu.LAUNCHES
-    for _ in engine.generate_ids(ids, max_new_tokens=n):
-        per_token.append(gpu.LAUNCHES - seen)
-        seen = gpu.LAUNCHES
-    if len(per_token) != n:
-        raise RuntimeError(f"asked for {n} tokens, the engine made {len(per_token)}")
-    return engine.stats, per_token
-
-
-def benchmark(engine, *, prompt_tokens: int = 16, new_tokens: int = 8, context_lengths=(16, 32),
-              prompt_lengths=(8, 16), warmup: int = 1, launch_samples: int = 20, progress: bool = False) -> dict:
-    """Measure one engine (an Engine, or a zero-argument factory that builds one); returns a flat dict.
-
-    Timings come from engine.stats after engine.generate_ids (the engine syncs every token when
-    it samples); EOS is ignored so each run makes exactly the tokens asked for. Keys:
-    prompt_tokens, new_tokens, warmup; ttft_s, prefill_tok_s (= prompt_tokens / ttft_s),
-    decode_tok_s (= engine.stats.decode_tok_s), ms_per_token -- all from the main run;
-    decode_vs_context: [{"context", "decode_tok_s", "ms_per_token"}] one per context length;
-    prefill_vs_prompt: [{"prompt_tokens", "prefill_s" (TTFT of a 1-token run), "prefill_tok_s"}];
-    peak_allocated_bytes, peak_reserved_bytes (torch.cuda.max_memory_*; 0 off the GPU);
-    launches_per_token (mean over the main run's decode steps, prefill excluded),
-    launch_overhead_s, launch_overhead_per_token_s (their product).
-    """
-    import torch
-    if not hasattr(engine, "generate_ids"):
-        engine = engine()
-    lengths = [prompt_tokens, *context_lengths, *prompt_lengths]
-    if new_tokens < 2 or min(lengths) < 1 or warmup < 0:
-        raise ValueError("benchmark needs new_tokens >= 2, every length >= 1 and warmup >= 0")
-    if max(lengths) + new_tokens > engine.max_seq:
-        raise ValueError(f"longest length {max(lengths)} + {new_tokens} new tokens > the engine's max_seq "
-                         f"{engine.max_seq}: use shorter lengths")
-    vocab = engine.config.vocab_size
-    cuda = torch.device(engine.device).type == "cuda"
-    runs = [("main", prompt_tokens, new_tokens)] + [("context", c, new_tokens) for c in context_lengths] + \
-           [("prompt", p, 1) for p in prompt_lengths]
-    from tqdm import tqdm
-    with _ignoring_eos(engine):
-        for _ in range(warmup):
-            _generate(engine, synthetic_prompt(vocab, min(8, prompt_tokens)), 2)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        out = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "warmup": warmup,
-               "decode_vs_context": [], "prefill_vs_prompt": []}
-        for kind, n, new in tqdm(runs, desc="benchmark", disable=not progress, file=sys.stderr):
-            stats, launches = _generate(engine, synthetic_prompt(vocab, n), new)
-            if kind == "main":
-                out.update(ttft_s=stats.ttft_s, prefill_tok_s=n / stats.ttft_s, decode_tok_s=stats.decode_tok_s,
-                           ms_per_token=1e3 / stats.decode_tok_s,
-                           launches_per_token=sum(launches[1:]) / len(launches[1:]))
-            elif kind == "context":
-                out["decode_vs_context"].append({"context": n, "decode_tok_s": stats.decode_tok_s,
-                                                 "ms_per_token": 1e3 / stats.decode_tok_s})
-            else:
-                out["prefill_vs_prompt"].append({"prompt_tokens": n, "prefill_s": stats.ttft_s,
-                                                 "prefill_tok_s": n / stats.ttft_s})
-    out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
-    out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if cuda else 0
-    out["launch_overhead_s"] = launch_overhead_s(launch_samples)
-    out["launch_overhead_per_token_s"] = out["launches_per_token"] * out["launch_overhead_s"]
-    return out
 
 
 # ---- HF transformers baseline -------------------------------------------------------------------------
@@ -213,7 +102,7 @@ def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | No
         benchmark_fn=None, progress: bool = True) -> dict:
     """Benchmark the engine with the KV cache, without it (prefix recompute) and HF; write the report."""
     import torch
-    from shared import gpu  # chooses the tier before numba loads
+    from shared.runtime import gpu  # chooses the tier before numba loads
     from shared.engine import Engine
     engine = Engine(model, track=track, dtype=dtype)
     d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
@@ -223,7 +112,7 @@ def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | No
     contexts = _fit(contexts or d["contexts"], limit, "context lengths")
     prompt_lengths = _fit(prompt_lengths or d["prompt_lengths"], limit, "prompt lengths")
     if benchmark_fn is None:
-        from shared import registry
+        from shared.course import registry
         benchmark_fn = registry.resolve("benchmark", engine.track)   # day 22 once finished, else the reference
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "model": str(model or "smollm2"),
             "model_dir": str(engine.model_dir), "track": engine.track, "tier": gpu.TIER,

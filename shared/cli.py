@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared import REPO, progress, registry, syllabus
+from shared import REPO
+from shared.course import progress, registry, syllabus
 
 
 class UsageError(Exception):
@@ -51,29 +52,25 @@ def cmd_status(args) -> int:
             mark = "todo"
         provides = ", ".join(d.provides) or "-"
         print(f"  {d.number:02d}  {d.title[:58]:<58} {mark:<14} {provides}")
+    from shared.engine.capabilities import capabilities, engine_components
+    caps = capabilities(track)
+    used = engine_components(caps)
     print("\nEngine components (the engine takes each from the latest finished day, else the reference):")
     for name in registry.all_names():
         src = registry.source(name, track)
         if src.day is not None or name in _reference_names():
-            print(f"  {name:<24} {src.describe(track)}")
-    print("\n" + _capabilities(track))
+            role = "used by the engine" if name in used else "building block"
+            print(f"  {name:<24} {src.describe(track):<22} {role}")
+    print("\nWhat the engine does now: " + caps.describe() + ".")
+    if caps.reference_only:
+        print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
+              "`--simulate --model tiny` runs your kernels in the simulator.")
     return 0
 
 
 def _reference_names() -> set[str]:
     from shared import reference
     return set(reference.__all__)
-
-
-def _capabilities(track: str) -> str:
-    from shared.tier import detect
-    tier = detect()
-    cache = registry.source("decode_attention", track).day is not None
-    if tier == "sim":
-        return ("What the engine can do now: no GPU here, so `tinyinfer generate` runs the PyTorch reference on "
-                "the CPU (static KV cache); `--simulate --model tiny` runs your kernels in the simulator.")
-    return ("What the engine can do now: generate on the GPU with your kernels where finished, "
-            + ("a static KV cache." if cache else "recomputing the prefix every step (no decode_attention yet)."))
 
 
 def cmd_next(args) -> int:
@@ -140,7 +137,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from shared import lessons
+    from shared.course import lessons
     days = [_published(_day(args.day))] if args.day else syllabus.published()
     out = Path(args.out)
     for d in days:
@@ -197,7 +194,7 @@ def cmd_bench(args) -> int:
 def cmd_doctor(args) -> int:
     import importlib.metadata as md
     from shared import models
-    from shared.tier import detect
+    from shared.runtime.tier import detect
     ok = True
 
     def ver(pkg):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shared import reference as ref
-from shared.testing import assert_close, randn
+from shared.course.testing import assert_close, randn
 
 DTYPES = [torch.float32, torch.float16]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shared import reference as ref
-from shared.testing import assert_close, randn, record_bench, tol
+from shared.course.testing import assert_close, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 KERNELS = [pytest.param(False, id="naive"), pytest.param(True, id="tiled")]

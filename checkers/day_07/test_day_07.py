@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from shared.config import ModelConfig, RopeScaling
-from shared.testing import assert_close
+from shared.course.testing import assert_close
 from shared.weights import LAYER_NAMES, ModelWeights
 
 ENGINE_FIELDS = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight"}

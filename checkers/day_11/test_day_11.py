@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shared.reference import linear as reference_linear
-from shared.testing import cuda_time_ms, assert_close, randn, record_bench, tol
+from shared.course.testing import cuda_time_ms, assert_close, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 SMOLLM2_SHAPES = [(576, 1536), (1536, 576), (576, 49152)]   # (in, out): up/gate, down, lm_head

@@ -4,7 +4,7 @@ import torch
 
 from shared.config import ModelConfig, RopeScaling
 from shared.reference import rope as reference_rope
-from shared.testing import assert_close, randn, tol
+from shared.course.testing import assert_close, randn, tol
 
 DTYPES = [torch.float32, torch.float16]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shared.reference import attention
-from shared.testing import assert_close, randn, tol
+from shared.course.testing import assert_close, randn, tol
 
 DTYPES = [torch.float32, torch.float16]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.reference import attention
-from shared.testing import cuda_time_ms, record_bench, assert_close, randn, tol
+from shared.course.testing import cuda_time_ms, record_bench, assert_close, randn, tol
 
 DTYPES = [torch.float32, torch.float16]
 

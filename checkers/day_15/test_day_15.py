@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from shared.testing import assert_close, randn
+from shared.course.testing import assert_close, randn
 
 # fp32: the same math as HF up to summation order. fp16: gate, up and their product are rounded
 # to fp16 between the kernels (HF here runs in fp32), about 1e-3 relative each.

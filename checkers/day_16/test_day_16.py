@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from shared.testing import assert_close
+from shared.course.testing import assert_close
 
 T_TINY = 8
 # Tolerances against HF run in fp32 on the same weights (the lesson explains them):
@@ -47,7 +47,7 @@ def reference_ops(track):
     """Every component from the PyTorch reference: the tests of forward's own logic stay fast
     in the simulator (the end-to-end test uses `ops`, i.e. your finished kernels)."""
     from shared import reference
-    from shared.registry import Ops
+    from shared.course.registry import Ops
     return Ops(track, overrides={n: getattr(reference, n) for n in reference.__all__})
 
 

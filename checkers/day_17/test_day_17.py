@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shared import reference
-from shared.testing import cuda_time_ms, randn, record_bench
+from shared.course.testing import cuda_time_ms, randn, record_bench
 
 # Chi-square critical values at p = 0.001 by degrees of freedom (any statistics table):
 # a correct sampler exceeds them once in a thousand seeds, a wrong distribution almost always.

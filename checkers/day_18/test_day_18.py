@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shared import reference
-from shared.registry import Ops
+from shared.course.registry import Ops
 
 PROMPTS = [[1, 72, 101, 108, 108, 111], [1, 200], [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]]
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from shared import reference
-from shared.registry import Ops
-from shared.testing import cuda_time_ms, assert_close, randn, record_bench
+from shared.course.registry import Ops
+from shared.course.testing import cuda_time_ms, assert_close, randn, record_bench
 
 
 def positions_tensor(values, device):

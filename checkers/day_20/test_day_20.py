@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from shared import reference
-from shared.registry import Ops
-from shared.testing import assert_close, poison_, randn, record_bench, tol
+from shared.course.registry import Ops
+from shared.course.testing import assert_close, poison_, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 

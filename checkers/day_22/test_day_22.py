@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from shared import gpu
+from shared.runtime import gpu
 from shared.engine import Stats
 from numba import cuda
 

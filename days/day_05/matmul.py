@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
 TILES = (8, 16, 32)   # a tile is one block of TILE x TILE threads (32 x 32 = 1024, the most a block holds)

@@ -4,7 +4,7 @@ Lesson: notes/day_09_embedding.md        Check: pytest checkers/day_09
 """
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda
 
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32, int32
 
 MAX_THREADS = 1024      # size of the shared reduction buffers; a block never has more threads

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
 MAX_HEAD_DIM = 256      # q is staged in shared memory: a compile-time size

@@ -1,6 +1,6 @@
 """Reference composition: the MLP and the full Llama forward pass, built from `ops`.
 
-`ops` is a shared.registry.Ops: each component comes from the learner's finished day or the
+`ops` is a shared.course.registry.Ops: each component comes from the learner's finished day or the
 reference. `attend(layer, q, k, v, positions)` is how the engine plugs in a KV cache without
 the forward pass knowing about it (default: plain causal attention over the tokens given).
 """
@@ -16,8 +16,11 @@ def mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch
     return ops.linear(ops.silu_mul(ops.linear(x, w_gate), ops.linear(x, w_up)), w_down)
 
 
-def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None) -> torch.Tensor:
-    """Logits [T, vocab] (fp32) for token ids [T] at positions [T]."""
+def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None,
+            logits_at=None) -> torch.Tensor:
+    """Logits (fp32) for token ids [T] at positions [T]: [T, vocab], or only the rows
+    `logits_at` picks (a slice such as slice(-1, None), or an index tensor) -- a prefill needs
+    one row, and the lm_head is the largest matmul of the model."""
     c = weights.config
     if attend is None:
         def attend(layer, q, k, v, positions):
@@ -33,5 +36,7 @@ def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, o
         a = attend(i, q, k, v, positions)
         h = h + ops.linear(a.reshape(T, c.num_heads * c.head_dim), L.wo)
         h = h + ops.mlp(ops.rmsnorm(h, L.mlp_norm, c.rms_norm_eps), L.w_gate, L.w_up, L.w_down, ops)
+    if logits_at is not None:
+        h = h[logits_at]
     h = ops.rmsnorm(h, weights.final_norm, c.rms_norm_eps)
     return ops.linear(h, weights.lm_head).float()

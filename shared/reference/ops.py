@@ -56,11 +56,12 @@ def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 # ---- Phases 1-2: the forward pass ------------------------------------------------------------
 def embedding(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """ids [T] integer -> rows of table [vocab, hidden]; out-of-range ids raise ValueError."""
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-        bad = ids[(ids < 0) | (ids >= table.shape[0])][0].item()
-        raise ValueError(f"token id {bad} out of range for a vocabulary of {table.shape[0]}")
-    return table[ids.long()]
+    """ids [T] integer -> rows of table [vocab, hidden]. An id outside the table gives a zero row:
+    nothing reads outside the table, and nothing reads the ids back to the host (the engine
+    checks ids while they are still Python ints, before any launch)."""
+    valid = (ids >= 0) & (ids < table.shape[0])
+    rows = table[torch.where(valid, ids, 0).long()]
+    return torch.where(valid[:, None], rows, torch.zeros((), dtype=table.dtype, device=table.device))
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -170,8 +171,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """One new query per head over the cache: q [H, hd], caches [KV, max_seq, hd].
 
     cache_len: int32 tensor [1] on the device = how many positions are valid (the new token
-    included). A tensor, not an int, so a CUDA graph can replay the step at any length (day 54).
-    Returns [H, hd].
+    included). A tensor, not an int, so a CUDA graph can replay the step at any length (day 23):
+    the length masks the scores on the device and is never read back to the host. Returns [H, hd].
     """
-    n = int(cache_len.reshape(-1)[0])
-    return attention(q[None], k_cache[:, :n].transpose(0, 1), v_cache[:, :n].transpose(0, 1))[0]
+    H, hd = q.shape
+    KV, S, _ = k_cache.shape
+    kf = k_cache.float().repeat_interleave(H // KV, dim=0)              # [H, S, hd]
+    vf = v_cache.float().repeat_interleave(H // KV, dim=0)
+    scores = (kf @ q.float()[:, :, None])[:, :, 0] / math.sqrt(hd)      # [H, S]
+    valid = torch.arange(S, device=q.device)[None, :] < cache_len.reshape(1, 1).to(q.device)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    vf = vf.masked_fill(~valid[:, :, None], 0.0)                        # 0 * garbage in the tail stays 0
+    return (torch.softmax(scores, dim=-1)[:, None, :] @ vf)[:, 0].to(q.dtype)

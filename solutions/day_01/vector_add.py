@@ -4,7 +4,7 @@ Lesson: notes/day_01_vector_add.md        Check: pytest checkers/day_01
 """
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda
 
 
@@ -21,7 +21,7 @@ def vector_add(a: torch.Tensor, b: torch.Tensor, *, block_size: int = 256) -> to
 
     Raise ValueError (one line, what is wrong) for tensors that are not 1-D or differ in
     shape or dtype. Launch enough blocks of `block_size` threads to cover every element,
-    with shared.gpu.launch, and return the output.
+    with shared.runtime.gpu.launch, and return the output.
     """
     if a.dim() != 1 or b.dim() != 1:
         raise ValueError(f"vector_add takes 1-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")

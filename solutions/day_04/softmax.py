@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
 MAX_BLOCK = 1024

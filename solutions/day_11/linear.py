@@ -8,7 +8,7 @@ Lesson: notes/day_11_linear.md        Check: pytest checkers/day_11
 """
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
 MAX_BLOCK = 1024  # GEMV scratch: one float per thread of the largest block

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
 MAX_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block may ask for without opting in

@@ -22,11 +22,14 @@ def decoder_layer(h: torch.Tensor, index: int, weights: ModelWeights, positions:
     return h + ops.mlp(ops.rmsnorm(h, L.mlp_norm, c.rms_norm_eps), L.w_gate, L.w_up, L.w_down, ops)
 
 
-def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None) -> torch.Tensor:
-    """Logits [T, vocab] (fp32) for token ids [T] at positions [T].
+def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None,
+            logits_at=None) -> torch.Tensor:
+    """Logits (fp32) for token ids [T] at positions [T]: [T, vocab], or only the rows logits_at picks.
 
     attend(layer, q, k, v, positions) -> [T, H, hd] is how the engine adds a KV cache without
     this function knowing; None means plain causal attention over the tokens given.
+    logits_at (a slice like slice(-1, None), or an index tensor) selects the rows of the last
+    hidden state that go through the final norm and the lm_head: a prefill needs only its last.
     """
     if ids.dim() != 1 or positions.shape != ids.shape:
         raise ValueError(f"forward takes ids [T] and positions [T]; got {tuple(ids.shape)} and {tuple(positions.shape)}")
@@ -38,5 +41,7 @@ def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, o
     h = ops.embedding(ids, weights.embed)
     for i in range(len(weights.layers)):
         h = decoder_layer(h, i, weights, positions, ops, attend)
+    if logits_at is not None:
+        h = h[logits_at]                                 # the lm_head is the largest matmul: skip unused rows
     h = ops.rmsnorm(h, weights.final_norm, weights.config.rms_norm_eps)
     return ops.linear(h, weights.lm_head).float()

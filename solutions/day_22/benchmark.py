@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from shared import gpu  # chooses GPU or simulator before numba loads
+from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda
 
 
@@ -54,7 +54,7 @@ def _ignoring_eos(engine):
 def _generate(engine, ids, n):
     """One generation -> (engine.stats, kernel launches made for each new token).
 
-    shared.gpu.LAUNCHES counts every launch through shared.gpu.launch; the launches made
+    shared.runtime.gpu.LAUNCHES counts every launch through shared.runtime.gpu.launch; the launches made
     between two yielded tokens belong to the later token.
     """
     per_token, seen = [], gpu.LAUNCHES

@@ -1,4 +1,4 @@
-"""The tinyinfer pytest plugin (loaded by `-p shared.pytest_plugin`): tracks, tiers, fixtures, progress.
+"""The tinyinfer pytest plugin (loaded by `-p shared.course.pytest_plugin`): tracks, tiers, fixtures, progress.
 
 --track days|solutions   whose code to check (default: days, or $TINYINFER_TRACK)
 Tier: a CUDA GPU -> 'gpu'; none -> 'sim' (NUMBA_ENABLE_CUDASIM=1, set here before numba loads).
@@ -13,13 +13,13 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
-from shared.tier import select
+from shared.runtime.tier import select
 
 TIER = select()  # must run before anything imports numba
 
 import pytest  # noqa: E402
 
-from shared import progress, registry, syllabus  # noqa: E402
+from shared.course import progress, registry, syllabus  # noqa: E402
 
 DAY_DIR = re.compile(r"checkers[/\\]day_(\d\d)[/\\]")
 
@@ -144,7 +144,7 @@ def ops(pytestconfig):
 
 @pytest.fixture(scope="session")
 def device():
-    from shared import gpu
+    from shared.runtime import gpu
     return gpu.device()
 
 

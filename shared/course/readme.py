@@ -1,10 +1,11 @@
-"""The README's 60-day table, generated from shared/syllabus.toml.
+"""The README's 60-day table, generated from shared/course/syllabus.toml.
 
-`python -m shared.readme` rewrites the block between the markers; a structure test checks it.
+`python -m shared.course.readme` rewrites the block between the markers; a structure test checks it.
 """
 from __future__ import annotations
 
-from shared import REPO, syllabus
+from shared import REPO
+from shared.course import syllabus
 
 START, END = "<!-- days:start -->", "<!-- days:end -->"
 

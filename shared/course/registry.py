@@ -11,7 +11,7 @@ import importlib
 import os
 from dataclasses import dataclass
 
-from shared import progress, syllabus
+from shared.course import progress, syllabus
 
 TRACKS = ("days", "solutions")
 
@@ -46,6 +46,12 @@ def source(name: str, track: str) -> Source:
     done = finished(track)
     days = [d.number for d in syllabus.days() if name in d.provides and d.number in done]
     return Source(name, max(days) if days else None)
+
+
+def has_feature(feature: str, track: str) -> bool:
+    """Whether a finished day on this track turns `feature` on (syllabus.toml `features`)."""
+    done = finished(track)
+    return any(feature in d.features and d.number in done for d in syllabus.days())
 
 
 def day_module(number: int, track: str):

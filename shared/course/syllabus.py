@@ -1,4 +1,4 @@
-"""Read shared/syllabus.toml, the one source of truth for the 60 days."""
+"""Read shared/course/syllabus.toml, the one source of truth for the 60 days."""
 from __future__ import annotations
 
 import functools
@@ -25,6 +25,7 @@ class Day:
     lesson: str
     published: bool
     hints: tuple[str, ...]
+    features: tuple[str, ...] = ()   # what a feature day turns on in the engine (e.g. "graphs")
 
     @property
     def tag(self) -> str:
@@ -39,7 +40,7 @@ class Day:
 def load() -> tuple[dict, list[Day]]:
     data = tomllib.loads(SYLLABUS.read_text())
     days = [Day(d["number"], d["slug"], d["title"], d["phase"], tuple(d.get("provides", [])),
-                d["lesson"], d.get("status") == "published", tuple(d.get("hints", [])))
+                d["lesson"], d.get("status") == "published", tuple(d.get("hints", [])), tuple(d.get("features", [])))
             for d in data["days"]]
     phases = {p["number"]: p["title"] for p in data["phases"]}
     return phases, days

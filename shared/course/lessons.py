@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared import REPO, syllabus
+from shared import REPO
+from shared.course import syllabus
 
 
 def render(day: syllabus.Day, out: Path, execute: bool = True, timeout: int = 600) -> list[Path]:

@@ -35,6 +35,6 @@ def select() -> str:
         import numba
         if bool(numba.config.ENABLE_CUDASIM) != (tier == "sim"):
             raise RuntimeError(f"numba was imported before the tier ({tier}) was chosen; "
-                               "import shared.tier and call select() first")
+                               "import shared.runtime.tier and call select() first")
     os.environ["NUMBA_ENABLE_CUDASIM"] = want
     return tier

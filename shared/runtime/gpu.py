@@ -12,7 +12,7 @@ import ctypes
 import os
 import warnings
 
-from shared.tier import select
+from shared.runtime.tier import select
 
 TIER = select()
 SIM = TIER == "sim"
@@ -177,4 +177,4 @@ def require_device(*tensors: torch.Tensor, names: str = "") -> None:
     for t in tensors:
         if t.device.type != want.type:
             raise ValueError(f"tensor on {t.device}, kernels in the {TIER} tier need {want}: "
-                             f"move it with .to(shared.gpu.device())")
+                             f"move it with .to(shared.runtime.gpu.device())")

@@ -1,0 +1,55 @@
+"""What the engine does on a track: one answer for the engine, `tinyinfer status` and the checkers.
+
+- cache: a static KV cache on the decode path. Needs a finished `decode_attention` (day 20) --
+  the reference reads the length back to the host, so on a GPU the engine recomputes the prefix
+  until the learner's capture-safe kernel exists. The CPU reference run always caches.
+- graphs: decode steps replayed from CUDA graphs. Needs the `graphs` feature (day 23), a cache
+  to replay against, and a real GPU (the simulator has no graphs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.course import registry
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    track: str
+    tier: str
+    reference_only: bool     # no GPU and no --simulate: the PyTorch reference on the CPU
+    cache: bool
+    graphs: bool
+
+    def describe(self) -> str:
+        where = "PyTorch reference on the CPU" if self.reference_only else \
+            f"{self.track} track on the {'GPU' if self.tier == 'gpu' else 'CUDA simulator'}"
+        how = "static KV cache" if self.cache else "prefix recompute (no KV cache)"
+        return f"{where}, {how}" + (", CUDA graphs" if self.graphs else "")
+
+
+def capabilities(track: str | None = None, tier: str | None = None, simulate: bool = False) -> Capabilities:
+    from shared.runtime.tier import detect
+    track = registry.check_track(track or registry.default_track())
+    tier = tier or detect()
+    reference_only = tier == "sim" and not simulate
+    cache = reference_only or registry.source("decode_attention", track).day is not None
+    graphs = tier == "gpu" and cache and registry.has_feature("graphs", track)
+    return Capabilities(track, tier, reference_only, cache, graphs)
+
+
+# The names the engine calls while it generates; every other provided name is a building block
+# (a day's exercise that later days build on, e.g. softmax or matmul) or a tool (benchmark).
+_ALWAYS = ("load_model", "load_config", "Tokenizer", "embedding", "rmsnorm", "linear",
+           "rope_frequencies", "rope", "attention", "mlp", "silu_mul", "forward", "sample", "generate", "stream")
+_CACHE = ("KVCache", "kv_write", "decode_attention")
+
+
+def engine_components(caps: Capabilities) -> set[str]:
+    """The components on the engine's path in this mode (for `tinyinfer status` and progress messages)."""
+    names = set(_ALWAYS)
+    if caps.cache:
+        names |= set(_CACHE)
+    if caps.graphs:
+        names.add("DecodeGraphs")
+    return names

@@ -1,0 +1,152 @@
+"""The engine: load a model, then generate with whatever the track's finished days provide.
+
+It picks what to run from `capabilities(track)`: the PyTorch reference on the CPU when there is
+no GPU (unless `simulate=True`: the track's kernels in Numba's simulator, tiny model only); a
+static KV cache once `decode_attention` is finished, else prefix recompute; CUDA graphs for the
+decode step once day 23 is finished and a GPU is present. The per-step work is the runner's
+(shared/engine/runner.py); the per-request state is a Sequence.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from shared import models
+from shared.course.registry import Ops, default_track
+from shared.engine.attention import NoCache, StaticCache
+from shared.engine.capabilities import capabilities
+from shared.engine.runner import ModelRunner
+from shared.engine.sequence import SamplingParams, Sequence
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0            # time to first token (prefill + first sample)
+    total_s: float = 0.0
+    token_times: list[float] = field(default_factory=list)
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = self.new_tokens - 1
+        return steps / (self.total_s - self.ttft_s) if steps > 0 and self.total_s > self.ttft_s else 0.0
+
+
+class Engine:
+    def __init__(self, model: str | None = None, track: str | None = None, dtype: str | None = None,
+                 use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
+                 graphs: bool | None = None):
+        from shared.runtime import gpu  # chooses the tier before numba loads
+        self.track = track or default_track()
+        self.caps = capabilities(self.track, gpu.TIER, simulate)
+        self.on_gpu = not gpu.SIM
+        self.reference_only = self.caps.reference_only
+        if self.reference_only:
+            from shared import reference
+            self.ops = Ops(self.track, overrides={n: getattr(reference, n) for n in reference.__all__})
+        else:
+            self.ops = Ops(self.track)
+        self.device = gpu.device()
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, None: None}[dtype]
+        if self.dtype is None:
+            self.dtype = torch.float16 if self.on_gpu else torch.float32
+        self.model_dir = models.resolve(model)
+        ops = self.ops
+        self.tokenizer = ops.Tokenizer(self.model_dir)
+        self.weights = ops.load_model(self.model_dir, dtype=self.dtype, device=self.device)
+        self.config = self.weights.config
+        self.weights.inv_freq = ops.rope_frequencies(self.config).to(self.device)
+        self.use_cache = self.caps.cache if use_cache is None else use_cache
+        self.use_graphs = self.caps.graphs if graphs is None else graphs
+        if self.use_graphs and not self.caps.graphs:
+            raise ValueError("CUDA graphs need a GPU, a finished day 20 (the cache) and a finished day 23")
+        self.max_seq = min(max_seq or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        self._runners: dict = {}
+        self.stats = Stats()
+
+    def describe(self) -> str:
+        """What the engine runs on, for `tinyinfer status` and the generate footer."""
+        where = "PyTorch reference on the CPU" if self.reference_only else \
+            f"{self.track} track on the {'GPU' if self.on_gpu else 'CUDA simulator'}"
+        return f"{where}, {str(self.dtype).removeprefix('torch.')}, " + \
+            ("static KV cache" if self.use_cache else "prefix recompute (no KV cache)") + \
+            (", CUDA graphs" if self.use_cache and self.use_graphs else "")
+
+    def runner(self, max_len: int) -> ModelRunner:
+        """One runner per mode, kept across generations so its buffers and graphs are reused.
+        The static cache is sized in powers of two (at least 1024): a longer request grows it once."""
+        key = ("cache", self.use_graphs) if self.use_cache else "recompute"
+        r = self._runners.get(key)
+        if r is None or (self.use_cache and r.backend.max_len < max_len):
+            if self.use_cache:
+                cap = 1024
+                while cap < max_len:
+                    cap *= 2
+                backend = StaticCache(self.ops, self.config, min(cap, self.max_seq), self.dtype, self.device)
+            else:
+                backend = NoCache(self.ops)
+            graphs = self.ops.DecodeGraphs if self.use_cache and self.use_graphs else None
+            r = self._runners[key] = ModelRunner(self.ops, self.weights, backend, self.device, graphs_cls=graphs)
+        return r
+
+    def forward(self, ids: list[int]) -> torch.Tensor:
+        """Logits [T, vocab] for a whole sequence, no cache (parity tests use this)."""
+        return ModelRunner(self.ops, self.weights, NoCache(self.ops), self.device).forward(ids, 0, logits_at=None)
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int = 64, temperature: float = 0.0,
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     ignore_eos: bool = False) -> Iterator[int]:
+        """New token ids (EOS included if reached, unless ignore_eos); fills self.stats as it goes."""
+        seq = Sequence(prompt_ids, SamplingParams(temperature, top_k, top_p, max_new_tokens, ignore_eos, seed))
+        return self.run(seq)
+
+    def run(self, seq: Sequence) -> Iterator[int]:
+        p = seq.params
+        if seq.max_len > self.max_seq:
+            raise ValueError(f"prompt ({len(seq.prompt_ids)}) + max_new_tokens ({p.max_tokens}) = {seq.max_len} "
+                             f"exceeds the context limit {self.max_seq}")
+        from shared.engine.runner import check_ids
+        check_ids(seq.prompt_ids, self.config.vocab_size)
+        return self._run(seq)
+
+    def _run(self, seq: Sequence) -> Iterator[int]:
+        p, ops = seq.params, self.ops
+        gen = None
+        if p.seed is not None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(p.seed)
+        runner = self.runner(seq.max_len)
+        runner.reset()
+
+        def sample(logits):
+            return ops.sample(logits, p.temperature, p.top_k, p.top_p, gen)
+
+        eos = () if p.ignore_eos else self.tokenizer.eos_token_ids
+        self.stats = s = Stats(prompt_tokens=len(seq.prompt_ids))
+        t0 = time.perf_counter()
+        for tok in ops.generate(runner.next_logits, seq.prompt_ids, max_new_tokens=p.max_tokens,
+                                eos_token_ids=eos, sample=sample):
+            now = time.perf_counter() - t0
+            seq.output_ids.append(tok)
+            s.token_times.append(now)
+            s.new_tokens += 1
+            s.ttft_s = s.ttft_s or now
+            s.total_s = now
+            yield tok
+
+    def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
+        if chat:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+        return self.tokenizer.encode(prompt)
+
+    def stream(self, prompt: str, chat: bool = False, **kw) -> Iterator[str]:
+        """Text pieces as they become final (UTF-8 safe)."""
+        for event in self.ops.stream(self.generate_ids(self.prompt_ids(prompt, chat), **kw), self.tokenizer):
+            yield event.text
+
+    def generate(self, prompt: str, chat: bool = False, **kw) -> str:
+        return "".join(self.stream(prompt, chat, **kw))
