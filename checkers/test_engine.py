@@ -86,3 +86,81 @@ def test_cli_generate_tiny(tiny_model):
     r = _cli("generate", "Deep learning is", "--model", str(tiny_model), "--max-new-tokens", "8", "--stream")
     assert r.returncode == 0, r.stderr
     assert "decode" in r.stderr and "tok/s" in r.stderr
+
+
+# ---- the decode path is capture-safe (shared/DESIGN.md, "capture-safe") ---------------------------------
+def _decode_once(engine, prompt_ids):
+    """Prefill eagerly, then return a function that runs one decode step (the same one each call)."""
+    runner = engine.runner(len(prompt_ids) + 4)
+    runner.reset()
+    first = int(engine.ops.sample(runner.next_logits(prompt_ids)))
+    ids = prompt_ids + [first]
+
+    def step():
+        runner.cached = len(prompt_ids)           # the cache holds the prompt: feed one token
+        return runner.next_logits(ids)
+    return step
+
+
+def test_decode_step_reads_nothing_back_to_the_host(tiny_model, track):
+    """Every component the track resolves, on the decode path, with .item()/int()/.tolist()/.cpu()/
+    bool() made to raise: what a CUDA graph capture forbids (the simulator has no sync-debug mode).
+    `linear` is the reference here only because a simulated GEMV of every weight takes minutes;
+    day 11's checker runs the learner's linear under the same guard."""
+    from shared import reference
+    from shared.course.testing import no_host_reads
+    from shared.engine import Engine
+    engine = Engine(str(tiny_model), track=track, dtype="fp32", simulate=True)
+    engine.ops._cache["linear"] = reference.linear
+    assert engine.use_cache, "the decode step under test is the cached one"
+    step = _decode_once(engine, [5, 70])          # short: every kernel runs in the simulator
+    with no_host_reads():
+        logits = step()
+    assert logits.shape == (engine.config.vocab_size,) and torch.isfinite(logits).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("components", ["track", "reference"])
+def test_decode_step_never_syncs_on_the_gpu(tiny_model, track, components):
+    """torch's sync-debug mode raises on any host sync: one decode step of every resolved component
+    (and of the PyTorch reference, which the days track runs until a day is finished)."""
+    from shared import reference
+    from shared.course.registry import Ops
+    from shared.engine import Engine
+    engine = Engine(str(tiny_model), track=track, dtype="fp16", graphs=False)
+    if components == "reference":
+        engine.ops = Ops(track, overrides={n: getattr(reference, n) for n in reference.__all__})
+        engine._runners.clear()
+    engine.use_cache = True
+    step = _decode_once(engine, engine.prompt_ids("capture-safe"))
+    step()                                    # compile outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logits).all()
+
+
+def test_sampling_flags_are_checked_before_anything_runs(tiny_engine):
+    for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=-4), dict(top_p=0.0),
+                dict(top_p=5.0), dict(max_new_tokens=0)):
+        with pytest.raises(ValueError):
+            tiny_engine.generate_ids([5, 6], **bad)
+
+
+def test_out_of_range_prompt_ids_are_refused_on_the_host(tiny_engine):
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_engine.generate_ids([5, tiny_engine.config.vocab_size, 6])
+
+
+def test_logits_at_computes_only_the_rows_asked_for(tiny_engine):
+    ids = tiny_engine.prompt_ids("logits, please")
+    full = tiny_engine.forward(ids)
+    from shared.engine.attention import NoCache
+    from shared.engine.runner import ModelRunner
+    last = ModelRunner(tiny_engine.ops, tiny_engine.weights, NoCache(tiny_engine.ops), tiny_engine.device).forward(
+        ids, 0, logits_at=slice(-1, None))
+    assert last.shape == (1, full.shape[1])
+    torch.testing.assert_close(last[0], full[-1], atol=1e-5, rtol=1e-5)

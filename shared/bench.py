@@ -96,15 +96,77 @@ def _fit(lengths, limit: int, what: str) -> list[int]:
     return out
 
 
-def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | None = None, contexts=None,
+def weight_bytes(weights) -> int:
+    """Bytes of weights one decode token reads: every layer, the final norm and the lm_head once
+    (a tied lm_head is the embedding table; the embedding itself reads one row)."""
+    import torch
+    seen, total = set(), 0
+    tensors = [weights.final_norm, weights.lm_head] + [t for L in weights.layers for t in vars(L).values()
+                                                        if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def peak_bandwidth_bytes_s() -> float | None:
+    """The GPU's theoretical memory bandwidth: 2 transfers per clock x bus width (from the driver)."""
+    try:
+        from numba import cuda
+        dev = cuda.get_current_device()
+        return 2 * dev.MEMORY_CLOCK_RATE * 1e3 * dev.GLOBAL_MEMORY_BUS_WIDTH / 8
+    except Exception:
+        return None
+
+
+def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
+    """Kernel time of one decode step at `context`: the step captured once (reference graphs) and
+    replayed back to back, so no host time is in it. None where the track has no cache yet."""
+    import torch
+    if not engine.on_gpu or not engine.caps.cache:
+        return None
+    from shared.engine.attention import StaticCache
+    from shared.engine.runner import ModelRunner
+    from shared.reference.graphs import DecodeGraphs
+    backend = StaticCache(engine.ops, engine.config, context + 2, engine.dtype, engine.device)
+    runner = ModelRunner(engine.ops, engine.weights, backend, engine.device, graphs_cls=DecodeGraphs)
+    ids = synthetic_prompt(engine.config.vocab_size, context)
+    runner.next_logits(ids)
+    runner.next_logits(ids + [ids[-1]])                 # captures the decode step
+    graph, _ = next(iter(runner.graphs.graphs.values()))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _prime(engine, lengths, new_tokens: int) -> None:
+    """Size the cache for the longest run and capture the graphs of every length bucket a timed
+    run will touch (a server does this at start-up); longest first, so one cache serves them all.
+    A run from an n-token prompt decodes at lengths n+1 .. n+new_tokens-1."""
+    vocab = engine.config.vocab_size
+    for n in sorted(set(lengths), reverse=True):
+        engine.runner(n + new_tokens)
+        for prompt in (n, n + new_tokens - 2):        # its first and its last decode step
+            list(engine.generate_ids(synthetic_prompt(vocab, prompt), max_new_tokens=2, ignore_eos=True))
+
+
+def run(model: str | None = None, *, track: str | None = None, dtype: str | None = None, contexts=None,
         prompt_lengths=None, prompt_tokens: int | None = None, new_tokens: int | None = None, warmup: int = 1,
         out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
-        benchmark_fn=None, progress: bool = True) -> dict:
-    """Benchmark the engine with the KV cache, without it (prefix recompute) and HF; write the report."""
+        graphs: bool | None = None, benchmark_fn=None, progress: bool = True) -> dict:
+    """Benchmark the engine -- graph-replayed decode, eager decode, prefix recompute -- and HF in
+    one run; write the report. model None: SmolLM2 on a GPU, tiny without one."""
     import torch
     from shared.runtime import gpu  # chooses the tier before numba loads
     from shared.engine import Engine
-    engine = Engine(model, track=track, dtype=dtype)
+    model = model or ("tiny" if gpu.SIM else "smollm2")
+    engine = Engine(model, track=track, dtype=dtype, graphs=False)
     d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
     new_tokens = new_tokens or d["new_tokens"]
     limit = engine.max_seq - new_tokens
@@ -114,26 +176,38 @@ def run(model: str | None = "tiny", *, track: str | None = None, dtype: str | No
     if benchmark_fn is None:
         from shared.course import registry
         benchmark_fn = registry.resolve("benchmark", engine.track)   # day 22 once finished, else the reference
-    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "model": str(model or "smollm2"),
+    use_graphs = engine.caps.graphs if graphs is None else graphs and engine.caps.graphs
+    peak = peak_bandwidth_bytes_s() if engine.on_gpu else None
+    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "model": str(model),
             "model_dir": str(engine.model_dir), "track": engine.track, "tier": gpu.TIER,
             "device": str(engine.device), "gpu_name": torch.cuda.get_device_name() if engine.on_gpu else None,
-            "dtype": str(engine.dtype).removeprefix("torch."), "engine": engine.describe(),
+            "dtype": str(engine.dtype).removeprefix("torch."), "engine": engine.caps.describe(),
             "benchmark_fn": f"{benchmark_fn.__module__}.{benchmark_fn.__name__}",
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "contexts": contexts,
-            "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__}
+            "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__,
+            "weight_bytes_per_token": weight_bytes(engine.weights), "peak_bandwidth_bytes_s": peak,
+            "gpu_ms_per_token": gpu_ms_per_token(engine, prompt_tokens)}
     results = {}
     kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, warmup=warmup, progress=progress)
-    engine.use_cache = True
-    results["cached"] = benchmark_fn(engine, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
-    if naive:
-        engine.use_cache = False
-        small = [c for c in contexts if c <= naive_max_context] or contexts[:1]
-        results["naive"] = benchmark_fn(engine, context_lengths=small, prompt_lengths=prompt_lengths,
-                                        **{**kw, "prompt_tokens": min(prompt_tokens, naive_max_context)})
-        engine.use_cache = True
+    modes = ([("graph", True, True)] if use_graphs else []) + [("cached", True, False)] + \
+            ([("naive", False, False)] if naive else [])
+    for name, cache, graphed in modes:
+        engine.use_cache, engine.use_graphs = cache, graphed
+        if name == "naive":
+            small = [c for c in contexts if c <= naive_max_context] or contexts[:1]
+            results[name] = benchmark_fn(engine, context_lengths=small, prompt_lengths=prompt_lengths,
+                                         **{**kw, "prompt_tokens": min(prompt_tokens, naive_max_context)})
+            continue
+        if graphed:
+            _prime(engine, [prompt_tokens, *contexts], new_tokens)
+        results[name] = benchmark_fn(engine, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
+    engine.use_cache, engine.use_graphs = True, use_graphs
     if hf:
         results["hf"] = hf_benchmark(engine.model_dir, engine.dtype, engine.device, context_lengths=contexts,
                                      prompt_lengths=prompt_lengths, **kw)
+    for r in results.values():
+        ms = r.get("ms_per_token")
+        r["roofline_pct"] = 100 * meta["weight_bytes_per_token"] / (ms * 1e-3) / peak if peak and ms else None
     report = {"meta": meta, "results": results}
     write_report(report, Path(out_dir))
     return report
@@ -174,10 +248,15 @@ def markdown(report: dict) -> str:
     lines = [f"# tinyinfer bench: {Path(m['model']).name}", "",
              f"{m['date']} · {m['gpu_name'] or m['device']} · {m['dtype']} · track {m['track']} · "
              f"prompt {m['prompt_tokens']} + {m['new_tokens']} new tokens · warm-up {m['warmup']}", "",
-             "| engine | TTFT ms | prefill tok/s | decode tok/s | peak alloc MiB | peak reserved MiB | "
-             "launches/token | launch overhead ms/token |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Weights read per token: {m.get('weight_bytes_per_token', 0) / 1e6:,.1f} MB · theoretical memory "
+             f"bandwidth: {_fmt(m.get('peak_bandwidth_bytes_s'), 1e-12, 2)} TB/s · GPU time per decode token "
+             f"(kernels only, one graph replayed back to back): {_fmt(m.get('gpu_ms_per_token'), 1, 3)} ms", "",
+             "| engine | TTFT ms | prefill tok/s | decode tok/s | wall ms/token | % of roofline | peak alloc MiB | "
+             "peak reserved MiB | launches/token | launch overhead ms/token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res.items():
         lines.append(f"| {name} | {_fmt(r['ttft_s'], 1e3, 2)} | {_fmt(r['prefill_tok_s'])} | {_fmt(r['decode_tok_s'])} "
+                     f"| {_fmt(r['ms_per_token'], 1, 3)} | {_fmt(r.get('roofline_pct'))} "
                      f"| {_fmt(r['peak_allocated_bytes'], 2 ** -20)} | {_fmt(r['peak_reserved_bytes'], 2 ** -20)} "
                      f"| {_fmt(r.get('launches_per_token'))} | {_fmt(r.get('launch_overhead_per_token_s'), 1e3, 3)} |")
     lines += ["", "Decode tok/s vs context length:", "", "| engine | " + " | ".join(str(c) for c in m["contexts"]) + " |",
@@ -197,7 +276,8 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="'smollm2', 'tiny' (default) or an HF Llama directory")
+    p.add_argument("--model", default=None, help="'smollm2' (default on a GPU), 'tiny' (default without one), "
+                   "'llama-1b' (a seeded random model of Llama-3.2-1B's shape) or an HF Llama directory")
     p.add_argument("--track", choices=("days", "solutions"), default=None)
     p.add_argument("--dtype", choices=("fp16", "fp32"), default=None)
     p.add_argument("--contexts", type=_ints, default=None, help="decode tok/s at these context lengths")
@@ -208,6 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="build/bench/latest", help="folder for bench.json, bench.md and the plots")
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
     p.add_argument("--no-naive", action="store_true", help="skip the prefix-recompute engine")
+    p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph engine (day 23)")
     p.add_argument("--naive-max-context", type=int, default=2048)
 
 
@@ -215,6 +296,7 @@ def run_args(args: argparse.Namespace) -> dict:
     report = run(args.model, track=args.track, dtype=args.dtype, contexts=args.contexts,
                  prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
+                 graphs=False if args.no_graph else None,
                  naive_max_context=args.naive_max_context)
     print(markdown(report))
     print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 from shared import REPO
 from shared.course import progress, registry, syllabus
+from shared.runtime import threads
 
 
 class UsageError(Exception):
@@ -33,7 +35,7 @@ def _published(d: syllabus.Day) -> syllabus.Day:
 # ---- status / next / hint / reset -------------------------------------------------------------
 def cmd_status(args) -> int:
     track = args.track or registry.default_track()
-    done = progress.load()
+    done, stale = progress.load(), progress.stale_days()
     phases = syllabus.phases()
     print(f"tinyinfer -- 60 days, {len(syllabus.published())} published; track: {track}\n")
     current = None
@@ -46,12 +48,19 @@ def cmd_status(args) -> int:
             mark = "coming"
         elif track == "solutions":
             mark = "solution"
+        elif rec and d.number in stale:
+            mark = "changed"
         elif rec:
             mark = "done (" + "+".join(rec.get("tiers", [rec.get("tier", "?")])) + ")"
         else:
             mark = "todo"
         provides = ", ".join(d.provides) or "-"
         print(f"  {d.number:02d}  {d.title[:58]:<58} {mark:<14} {provides}")
+    if track == "days" and stale:
+        print()
+        for n in sorted(stale):
+            print(f"day {n:02d}: days/day_{n:02d} changed since it passed: run pytest checkers/day_{n:02d} "
+                  "(until it passes again the engine uses the reference for it)")
     from shared.engine.capabilities import capabilities, engine_components
     caps = capabilities(track)
     used = engine_components(caps)
@@ -65,6 +74,8 @@ def cmd_status(args) -> int:
     if caps.reference_only:
         print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
               "`--simulate --model tiny` runs your kernels in the simulator.")
+    for line in progress.problems():  # last, where the learner sees it
+        print(f"\nwarning: {line}")
     return 0
 
 
@@ -102,9 +113,15 @@ def cmd_hint(args) -> int:
 
 def cmd_reset(args) -> int:
     d = _day(args.day)
-    forgot = progress.forget(d.number)
+    try:
+        forgot = progress.forget(d.number)  # the record holds the files' hash, so a stale mark goes too
+    except OSError as e:
+        print(f"day {d.number:02d}: cannot update {progress.path()}: {e}")
+        return 1
     print(f"day {d.number:02d}: " + ("progress forgotten; the engine uses the reference again until it passes"
                                       if forgot else "nothing recorded"))
+    for line in progress.problems():
+        print(f"warning: {line}")
     return 0
 
 
@@ -155,6 +172,8 @@ def cmd_model(args) -> int:
         path = models.prepare_smollm2(from_gguf=args.from_gguf, force=args.force)
         print(f"SmolLM2-135M-Instruct ready: {path}")
         return 0
+    if args.from_gguf is not None or args.force:
+        raise UsageError("--from-gguf and --force go with `tinyinfer model prepare`")
     print(f"model cache: {models.home()}")
     for name, path, ready in models.available():
         print(f"  {name:<8} {'ready' if ready else 'not prepared':<13} {path}")
@@ -163,13 +182,16 @@ def cmd_model(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    threads.configure()
     from shared.engine import Engine
     if args.simulate:
         os.environ.setdefault("TINYINFER_TIER", "sim")
     if args.max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
-    engine = Engine(args.model, track=args.track, dtype=args.dtype,
-                    use_cache=False if args.no_cache else None, simulate=args.simulate)
+    from shared.engine import SamplingParams   # bad sampling flags: one line before any model loads
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.max_new_tokens, seed=args.seed)
+    engine = Engine(args.model, track=args.track, dtype=args.dtype, use_cache=False if args.no_cache else None,
+                    simulate=args.simulate, graphs=False if args.no_graph else None)
     print(f"[{engine.describe()}]", file=sys.stderr)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed)
@@ -185,7 +207,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_mutants(args) -> int:
+    from shared.course import mutants
+    return mutants.main_args(args)
+
+
 def cmd_bench(args) -> int:
+    threads.configure()
     from shared import bench
     bench.run_args(args)
     return 0
@@ -211,18 +239,48 @@ def cmd_doctor(args) -> int:
         elif pkg == "numpy" and tuple(int(x) for x in v.split(".")[:2]) >= (2, 5):
             ok, note = False, "  numba-cuda 0.30 breaks on numpy >= 2.5: pip install 'numpy<2.5'"
         print(f"{pkg:<11} {v or '-'}{note}")
-    tier = detect()
     import torch
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         print(f"gpu         {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, CUDA {torch.version.cuda}")
     else:
         print("gpu         none: kernels run in Numba's CUDA simulator (sim tier); generate uses the reference")
-    print(f"tier        {tier}")
+        if torch.version.cuda:
+            print(f"            note: torch {torch.__version__} is a CUDA build (GBs of CUDA libraries) on a machine "
+                  "without a GPU; the CPU build is far smaller: pip install torch --index-url "
+                  "https://download.pytorch.org/whl/cpu")
+    try:
+        print(f"tier        {detect()}")
+    except ValueError as e:
+        ok = False
+        print(f"tier        PROBLEM: {e}")
+    n, why = threads.choose()
+    print(f"cpu threads {n} ({why})")
     for name, path, ready in models.available():
-        print(f"model       {name}: {'ready' if ready else 'not prepared'} ({path})")
+        problem = _model_problem(path) if ready else None
+        ok = ok and problem is None
+        state = "not prepared" if not ready else f"BROKEN: {problem}" if problem else "ready, files checked"
+        print(f"model       {name}: {state} ({path})")
+        if problem:
+            print("            " + ("rebuild it: tinyinfer model prepare --force" if name == "smollm2" else
+                                   f"remove the folder; --model {name} makes it again"))
     print("all good" if ok else "problems found (see above)")
     return 0 if ok else 1
+
+
+def _model_problem(path: Path) -> str | None:
+    """What is wrong with a prepared model's files (headers, sizes, config, tokenizer), or None."""
+    from shared.models import ModelError
+    from shared.reference import Tokenizer
+    from shared.reference.loading import check_model
+    try:
+        config, _ = check_model(path)
+        vocab = Tokenizer(path).vocab_size
+    except (ModelError, ValueError, OSError) as e:
+        return str(e)
+    if vocab > config.vocab_size:
+        return f"the tokenizer has {vocab} tokens, config.json's vocab_size is {config.vocab_size}"
+    return None
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -275,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="print text as it is generated")
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
+    s.add_argument("--no-graph", action="store_true", help="launch every kernel from Python (no CUDA graphs)")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model)")
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("bench", help="benchmark the engine against HF transformers (JSON, Markdown, plots)")
@@ -282,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(s)
     s.set_defaults(fn=cmd_bench)
     sub.add_parser("doctor", help="check GPU, driver, numba-cuda and the numpy pin").set_defaults(fn=cmd_doctor)
+    s = sub.add_parser("mutants", help="run the checkers against the solutions with known mistakes (all must fail)")
+    from shared.course import mutants
+    mutants.add_arguments(s)
+    s.set_defaults(fn=cmd_mutants)
     return p
 
 
@@ -291,19 +354,23 @@ def main(argv=None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
+    from jinja2.exceptions import TemplateError
     from shared.models import ModelError
     try:
         return args.fn(args) or 0
-    except (UsageError, ModelError, ValueError, LookupError, FileNotFoundError) as e:
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        print(f"tinyinfer: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except (UsageError, ModelError, ValueError, LookupError, OSError, RecursionError, OverflowError,
+            struct.error, TemplateError) as e:
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        msg = text.strip().splitlines()[0] if text.strip() else ""
+        if not msg or not isinstance(e, (UsageError, ModelError, ValueError, LookupError, FileNotFoundError)):
+            msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__  # not ours: name the kind
+        print(f"tinyinfer: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

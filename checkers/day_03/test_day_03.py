@@ -1,9 +1,12 @@
-"""Day 03 checker: row_sum and row_max, one block per row. Run: pytest checkers/day_03"""
+"""Day 03 checker: row_sum and row_max, one block per row. Run: pytest checkers/day_03
+
+Every kernel runs twice on the same input (check_kernel): two runs that disagree mean a race,
+and the message says so before any advice about the values."""
 import pytest
 import torch
 
 from shared import reference as ref
-from shared.course.testing import assert_close, randn
+from shared.course.testing import check_kernel, randn
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -25,9 +28,9 @@ def test_rows_longer_than_the_block_and_not_powers_of_two(day, sizes, device, ti
         x = randn(rows, cols, dtype=dtype, device=device, seed=cols)
         for ws in shuffle_modes(tier):
             what = f"[{rows}, {cols}] {dtype}, block_size=32, warp_shuffle={ws}"
-            assert_close(day.row_sum(x, block_size=32, warp_shuffle=ws), ref.row_sum(x), f"row_sum {what}",
+            check_kernel(lambda: day.row_sum(x, block_size=32, warp_shuffle=ws), ref.row_sum(x), f"row_sum {what}",
                          **sum_tol(cols))
-            assert_close(day.row_max(x, block_size=32, warp_shuffle=ws), ref.row_max(x), f"row_max {what}",
+            check_kernel(lambda: day.row_max(x, block_size=32, warp_shuffle=ws), ref.row_max(x), f"row_max {what}",
                          atol=0, rtol=0)
 
 
@@ -38,9 +41,9 @@ def test_any_block_size(day, sizes, device, tier, block_size):
     x = randn(rows, cols, device=device, seed=block_size)
     for ws in shuffle_modes(tier):
         what = f"[{rows}, {cols}] block_size={block_size} warp_shuffle={ws}"
-        assert_close(day.row_sum(x, block_size=block_size, warp_shuffle=ws), ref.row_sum(x), f"row_sum {what}",
+        check_kernel(lambda: day.row_sum(x, block_size=block_size, warp_shuffle=ws), ref.row_sum(x), f"row_sum {what}",
                      **sum_tol(cols))
-        assert_close(day.row_max(x, block_size=block_size, warp_shuffle=ws), ref.row_max(x), f"row_max {what}",
+        check_kernel(lambda: day.row_max(x, block_size=block_size, warp_shuffle=ws), ref.row_max(x), f"row_max {what}",
                      atol=0, rtol=0)
 
 
@@ -50,25 +53,26 @@ def test_missing_barrier_shows_up(day, sizes, device):
     rows, cols = sizes(tiny=(2, 1000), real=(256, 100_000))
     for seed in range(2):
         x = randn(rows, cols, device=device, seed=100 + seed)
-        assert_close(day.row_sum(x, block_size=128), ref.row_sum(x), f"row_sum [{rows}, {cols}] block_size=128 "
+        check_kernel(lambda: day.row_sum(x, block_size=128), ref.row_sum(x), f"row_sum [{rows}, {cols}] block_size=128 "
                      f"(run {seed}) -- a cuda.syncthreads() missing?", **sum_tol(cols))
 
 
 def test_rows_shorter_than_the_block(day, device):
     """Threads with no column must contribute the identity: 0 for a sum, -inf for a max."""
     x = -1.0 - randn(3, 5, device=device, seed=7).abs()
-    assert_close(day.row_sum(x, block_size=64), ref.row_sum(x), "row_sum of 5 columns with 64 threads")
-    assert_close(day.row_max(x, block_size=64), ref.row_max(x), "row_max of 5 negative columns with 64 threads "
+    check_kernel(lambda: day.row_sum(x, block_size=64), ref.row_sum(x), "row_sum of 5 columns with 64 threads")
+    check_kernel(lambda: day.row_max(x, block_size=64), ref.row_max(x), "row_max of 5 negative columns with 64 threads "
                  "-- threads past the end must start from -inf, not 0", atol=0, rtol=0)
     one = randn(4, 1, device=device, seed=8)
-    assert_close(day.row_max(one, block_size=32), ref.row_max(one), "row_max of a single column", atol=0, rtol=0)
+    check_kernel(lambda: day.row_max(one, block_size=32), ref.row_max(one), "row_max of a single column",
+                 atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_row_max_of_all_negative_rows(day, device, dtype):
     """A max that starts from 0 instead of -inf returns 0 for these rows."""
     x = (-1.0 - randn(4, 70, device=device, seed=9).abs() * 100).to(dtype)
-    assert_close(day.row_max(x, block_size=32), ref.row_max(x), f"row_max of all-negative rows {dtype}",
+    check_kernel(lambda: day.row_max(x, block_size=32), ref.row_max(x), f"row_max of all-negative rows {dtype}",
                  atol=0, rtol=0)
 
 
@@ -78,14 +82,14 @@ def test_minus_infinity_entries(day, device):
     x[0, ::2] = float("-inf")
     x[1, :] = float("-inf")
     x[2, 89] = float("-inf")
-    assert_close(day.row_max(x, block_size=32), ref.row_max(x), "row_max with -inf entries", atol=0, rtol=0)
-    assert_close(day.row_sum(x, block_size=32), ref.row_sum(x), "row_sum with -inf entries")
+    check_kernel(lambda: day.row_max(x, block_size=32), ref.row_max(x), "row_max with -inf entries", atol=0, rtol=0)
+    check_kernel(lambda: day.row_sum(x, block_size=32), ref.row_sum(x), "row_sum with -inf entries")
 
 
 def test_strided_input(day, device):
     base = randn(40, 6, device=device, seed=11)
-    assert_close(day.row_sum(base.t(), block_size=32), ref.row_sum(base.t()), "row_sum of a transposed view")
-    assert_close(day.row_max(base.t(), block_size=32), ref.row_max(base.t()), "row_max of a transposed view",
+    check_kernel(lambda: day.row_sum(base.t(), block_size=32), ref.row_sum(base.t()), "row_sum of a transposed view")
+    check_kernel(lambda: day.row_max(base.t(), block_size=32), ref.row_max(base.t()), "row_max of a transposed view",
                  atol=0, rtol=0)
 
 
@@ -109,7 +113,7 @@ def test_bad_inputs_raise_value_error(day, device):
 @pytest.mark.gpu
 def test_warp_shuffle_matches_the_tree(day, device):
     x = randn(1000, 4096, device=device, seed=13)
-    assert_close(day.row_sum(x, warp_shuffle=True), day.row_sum(x, warp_shuffle=False),
+    check_kernel(lambda: day.row_sum(x, warp_shuffle=True), day.row_sum(x, warp_shuffle=False),
                  "row_sum: warp-shuffle finish vs shared-memory tree", **sum_tol(4096))
-    assert_close(day.row_max(x, warp_shuffle=True, block_size=1024), ref.row_max(x), "row_max, block 1024, shuffle",
-                 atol=0, rtol=0)
+    check_kernel(lambda: day.row_max(x, warp_shuffle=True, block_size=1024), ref.row_max(x),
+                 "row_max, block 1024, shuffle", atol=0, rtol=0)

@@ -3,6 +3,8 @@
 The oracle is the official `safetensors` library: files are written with save_file and your
 loader must return exactly what load_file returns. Corrupt files are made by editing the bytes
 of a valid file; each must raise a one-line ValueError that names the file (and the tensor).
+Two rules go beyond "every tensor fits": the tensors must tile the data section exactly (no
+hole, no stray bytes after the last one), and a name may appear only once in the header.
 """
 import json
 import struct
@@ -148,6 +150,41 @@ def header_len(raw):
     return struct.unpack("<Q", raw[:8])[0]
 
 
+def deeply_nested(path):
+    """A header nested 100,000 levels deep: json.loads recurses once per level."""
+    _, data = split_file(path)
+    write_file(path, b'{"alpha": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", data)
+
+
+def duplicate_name(path):
+    """'alpha' twice: JSON parsers disagree on which one counts (Python's keeps the last, others
+    the first), so one file would be two different models."""
+    header, data = split_file(path)
+    text = json.dumps(header)[:-1] + ', "alpha": ' + json.dumps({**header["alpha"], "shape": [2, 2]}) + "}"
+    write_file(path, text.encode(), data)
+
+
+def hole_after_first_tensor(path):
+    """8 bytes that no tensor owns, after the first tensor (every later offset moved along)."""
+    header, data = split_file(path)
+    first = min((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+    end = header[first]["data_offsets"][1]
+    for name, info in header.items():
+        if name not in ("__metadata__", first):
+            info["data_offsets"] = [o + 8 for o in info["data_offsets"]]
+    write_file(path, header, data[:end] + bytes(8) + data[end:])
+
+
+def overlap_without_a_hole(path):
+    """The last tensor moved back onto the one before it and the file cut to match: the tensors
+    still reach exactly to the end, with no hole, so only the overlap itself gives it away."""
+    header, data = split_file(path)
+    order = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+    (begin, end), prev_end = header[order[-1]]["data_offsets"], header[order[-2]]["data_offsets"][1]
+    header[order[-1]]["data_offsets"] = [prev_end - (end - begin), prev_end]
+    write_file(path, header, data[:prev_end])
+
+
 # (id, corruption, tensor names of which the message must contain one; () = only the file name)
 CORRUPTIONS = [
     ("empty_file", raw_edit(lambda r: b""), ()),
@@ -176,6 +213,13 @@ CORRUPTIONS = [
     ("unknown_dtype", set_field("delta", "dtype", "Q4_K"), ("delta",)),
     ("missing_shape", edit_header(lambda h, n: h["gamma"].pop("shape")), ("gamma",)),
     ("entry_not_an_object", edit_header(lambda h, n: h.__setitem__("beta", [1, 2, 3])), ("beta",)),
+    ("header_nested_100k_deep", deeply_nested, ()),
+    ("duplicate_tensor_name", duplicate_name, ("alpha",)),
+    ("metadata_not_strings", edit_header(lambda h, n: h.__setitem__("__metadata__", {"format": 1})), ()),
+    ("metadata_not_an_object", edit_header(lambda h, n: h.__setitem__("__metadata__", ["pt"])), ()),
+    ("bytes_after_the_last_tensor", raw_edit(lambda r: r + bytes(16)), ()),
+    ("hole_between_tensors", hole_after_first_tensor, ()),
+    ("overlap_without_a_hole", overlap_without_a_hole, ("alpha", "beta", "gamma", "delta")),
 ]
 
 
@@ -198,3 +242,14 @@ def test_corrupt_file_raises_value_error(day, tmp_path, corrupt, names):
         pytest.fail(f"a corrupt file raised {type(e).__name__}: {e} -- check it and raise a one-line ValueError naming the file")
     pytest.fail(f"a corrupt file loaded without error (got {sorted(got)}): check the header against the file "
                 "before making tensors")
+
+
+@pytest.mark.parametrize("name,shape", [("alpha", [2]), ("gamma", [2, 2]), ("delta", [])],
+                         ids=["half_the_span", "4_of_6_elements", "0d_in_a_2_element_span"])
+def test_span_larger_than_the_shape_needs_is_refused(day, tmp_path, name, shape):
+    """data_offsets spanning MORE bytes than shape x dtype needs: a reader that only checks the
+    span is big enough would load it and silently skip bytes. end - begin must equal the size."""
+    path = valid_file(tmp_path)
+    set_field(name, "shape", shape)(path)
+    with pytest.raises(ValueError, match=name):
+        day.load_safetensors(path)

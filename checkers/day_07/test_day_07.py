@@ -271,3 +271,57 @@ def test_smollm2_loads(day, smollm2, device):
                      "model.layers.7.self_attn.k_proj.weight", "model.norm.weight"]:
             assert_close(got[name], ref.get_tensor(name).to(torch.float16), f"smollm2 {name}", atol=0, rtol=0)
     assert w.lm_head.data_ptr() == w.embed.data_ptr(), "tied: lm_head must be the embed tensor"
+
+
+# ---- configs that are not a Llama, or not a config -------------------------------------------------
+@pytest.mark.parametrize("changes,name", [
+    ({"model_type": "gemma", "architectures": ["GemmaForCausalLM"]}, "gemma"),
+    ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "qwen2"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "mistral"),
+    ({"model_type": ..., "architectures": ["Gemma2ForCausalLM"]}, "Gemma2ForCausalLM")],
+    ids=["gemma", "qwen2", "mistral", "architectures_only"])
+def test_other_architectures_are_refused_by_name(day, tmp_path, changes, name):
+    """Gemma, Qwen2, Mistral name their tensors as Llama does: loaded as a Llama they would run and
+    generate nonsense. Read `model_type` and `architectures` and refuse them, by name."""
+    d = write_config(tmp_path, with_changes(SMOLLM2_JSON, **changes))
+    try:
+        got = day.load_config(d)
+    except NotImplementedError:
+        raise
+    except ValueError as e:
+        assert name in str(e), f"the ValueError must name the architecture ({name}); got: {e}"
+        return
+    pytest.fail(f"a {name} config.json loaded as a Llama ({got}): check model_type and architectures")
+
+
+BAD_VALUES = [
+    ("zero_heads", {"num_attention_heads": 0}, "num_attention_heads"),
+    ("negative_layers", {"num_hidden_layers": -2}, "num_hidden_layers"),
+    ("string_number", {"hidden_size": "576"}, "hidden_size"),
+    ("float_vocab", {"vocab_size": 49152.0}, "vocab_size"),
+    ("bool_kv_heads", {"num_key_value_heads": True}, "num_key_value_heads"),
+    ("kv_heads_not_dividing", {"num_key_value_heads": 4}, "num_key_value_heads"),
+    ("missing_field", {"intermediate_size": ...}, "intermediate_size"),
+]
+
+
+@pytest.mark.parametrize("changes,key", [b[1:] for b in BAD_VALUES], ids=[b[0] for b in BAD_VALUES])
+def test_bad_config_values_raise_value_error(day, tmp_path, changes, key):
+    """Sizes are positive integers (not "576", not 49152.0, not true): a wrong one must stop here,
+    with the file and the key, not as a crash deep in the forward pass."""
+    d = write_config(tmp_path, with_changes(SMOLLM2_JSON, **changes))
+    with pytest.raises(ValueError) as e:
+        day.load_config(d)
+    assert key in str(e.value) and "config.json" in str(e.value), \
+        f"name the file and the key ({key}); got: {e.value}"
+
+
+@pytest.mark.parametrize("content", [b"[1, 2, 3]", b"{'vocab_size': 49152}", b"\xff\xfe{}", b""],
+                         ids=["a_list", "python_not_json", "not_utf8", "empty"])
+def test_config_that_is_not_a_json_object(day, tmp_path, content):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        day.load_config(d)
+    assert "config.json" in str(e.value), f"name the file; got: {e.value}"

@@ -198,6 +198,62 @@ def test_no_chat_template_raises_value_error(day, tmp_path, tiny_model):
         day.Tokenizer(d).apply_chat_template(CHATS["one_user"])
 
 
+# ---- a chat template is code from the model folder ------------------------------------------------
+# Known ways out of a jinja2 template into Python, each trying to run a shell command (touch FILE)
+# or to print interpreter internals. Plain jinja2.Environment runs them all.
+HOSTILE = {
+    "cycler_globals": "{{ cycler.__init__.__globals__.os.system(CMD) }}",
+    "joiner_globals": "{{ joiner.__init__.__globals__.os.system(CMD) }}",
+    "namespace_globals": "{{ namespace.__init__.__globals__.os.system(CMD) }}",
+    "lipsum_globals": "{{ lipsum.__globals__['os'].system(CMD) }}",
+    "subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "format_string": "{{ '{0.__class__.__mro__}'.format(messages) }}",
+    "mutate_messages": "{{ messages.append({'role': 'system', 'content': 'injected'}) }}",
+    # these four render as '' in a plain sandbox: the unsafe access must raise instead
+    "attr_filter": "{{ (cycler|attr('__init__')|attr('__globals__')).os.system(CMD) }}",
+    "format_map": "{{ '{x.__class__}'.format_map({'x': messages}) }}",
+    "template_reference_context": "{{ self._TemplateReference__context }}",
+    "helper_globals": "{{ raise_exception.__globals__ }}",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_chat_template_raises_and_runs_nothing(day, tmp_path, tiny_model, name):
+    marker = tmp_path / "template-ran-a-command"
+    template = HOSTILE[name].replace("CMD", f"'touch {marker}'")
+    d = tokenizer_dir(tmp_path, tiny_model, {"chat_template": template})
+    try:
+        got = day.Tokenizer(d).apply_chat_template(CHATS["one_user"])
+    except NotImplementedError:
+        raise
+    except Exception:  # noqa: BLE001 -- any error is right: the CLI prints it as one line
+        assert not marker.exists(), "the template ran a shell command: render in jinja2.sandbox"
+        return
+    assert not marker.exists(), "the template ran a shell command: render in jinja2.sandbox"
+    pytest.fail(f"a hostile template ({name}) rendered {got!r}: use ImmutableSandboxedEnvironment, and make an "
+                "unsafe attribute raise (override unsafe_undefined to raise SecurityError), not render as ''")
+
+
+def test_chat_template_must_be_a_string(day, tmp_path, tiny_model):
+    d = tokenizer_dir(tmp_path, tiny_model, {"chat_template": [{"name": "default", "template": "x"}]})
+    with pytest.raises(ValueError, match="chat_template"):
+        day.Tokenizer(d).apply_chat_template(CHATS["one_user"])
+
+
+@pytest.mark.parametrize("file,content", [("tokenizer.json", b"not a tokenizer"), ("tokenizer.json", None),
+                                          ("tokenizer_config.json", b"{"), ("tokenizer_config.json", b"[]")],
+                         ids=["tokenizer_garbage", "tokenizer_missing", "config_not_json", "config_a_list"])
+def test_bad_tokenizer_files_raise_value_error_naming_the_file(day, tmp_path, tiny_model, file, content):
+    d = tokenizer_dir(tmp_path, tiny_model)
+    if content is None:
+        (d / file).unlink()
+    else:
+        (d / file).write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        day.Tokenizer(d)
+    assert file in str(e.value), f"name the file ({file}); got: {e.value}"
+
+
 # ---- the incremental detokenizer ----------------------------------------------------------------
 def assert_stream(tok, ids, skip, what):
     full = tok.decode(ids, skip_special_tokens=skip)
@@ -255,3 +311,18 @@ def test_detokenizers_are_independent(day, model_dir):
         if i < len(b_ids):
             b.push(b_ids[i])
     assert (a.text, b.text) == (TEXTS["cjk"], TEXTS["emoji"]), "two detokenizers must not share state"
+
+
+def test_vocab_size_counts_added_tokens_beyond_the_base_vocabulary(day, tmp_path, tiny_model):
+    """Chat models add special tokens after the BPE vocabulary (ids past its end): the model's
+    embedding has rows for them and sampling can pick them, so vocab_size must count them."""
+    from tokenizers import Tokenizer as Fast
+    d = tokenizer_dir(tmp_path, tiny_model)
+    fast = Fast.from_file(str(d / "tokenizer.json"))
+    base = fast.get_vocab_size(with_added_tokens=False)
+    fast.add_special_tokens(["<|tool_call|>", "<|tool_result|>"])
+    fast.save(str(d / "tokenizer.json"))
+    want = len(hf_tokenizer(d))
+    assert want == base + 2, f"test setup: expected {base} + 2 tokens, transformers counts {want}"
+    got = day.Tokenizer(d).vocab_size
+    assert got == want, f"vocab_size {got}, expected {want}: count the added tokens (ids {base} and {base + 1})"

@@ -59,14 +59,30 @@ def test_matches_hf_embedding_of_the_tiny_model(day, device, tiny_model):
                  "embedding vs HF embed_tokens", atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("bad", [-1, 23, 1000])
-def test_out_of_range_ids_raise_before_launch(day, device, bad):
-    """Negative ids or ids >= vocab must raise ValueError; a kernel would read another row or
-    another buffer (id -1 silently wraps around to the last row)."""
+@pytest.mark.parametrize("bad", [-1, 23, 1000, -7])
+def test_out_of_range_ids_give_zero_rows_and_never_read_outside(day, device, bad):
+    """The table is a view into a bigger buffer whose rows just before and after it are NOT zero:
+    a kernel that follows id -1 or id vocab would copy them. Out-of-range ids must give zero
+    rows (the output is poisoned first, so the zeros must be written), the others their rows."""
+    big = randn(25, 16, device=device, seed=9)
+    table = big[1:24]                                          # rows -1 and 23 of `table` exist in memory
+    ids = torch.tensor([0, 5, bad, 22], dtype=torch.int32, device=device)
+    out = day.embedding(ids, table)
+    want = table[torch.tensor([0, 5, 0, 22], device=device).long()].clone()
+    want[2] = 0
+    assert_close(out, want, f"embedding with id {bad} (vocab 23): that row must be zeros, the others "
+                            "their table rows -- guard the table's bounds in the kernel", atol=0, rtol=0)
+
+
+def test_no_host_reads(day, device):
+    """The embedding runs inside the captured decode step (day 23): it must not read the ids back
+    to the host (.item(), int(ids.min()), .tolist(), .cpu() all wait for the GPU)."""
+    from shared.course.testing import no_host_reads
     table = randn(23, 16, device=device)
-    ids = torch.tensor([0, 5, bad, 3], dtype=torch.int32, device=device)
-    with pytest.raises(ValueError):
-        day.embedding(ids, table)
+    ids = torch.tensor([3, 1, 22], dtype=torch.int32, device=device)
+    with no_host_reads():
+        out = day.embedding(ids, table)
+    assert_close(out, table[ids.long()], "embedding", atol=0, rtol=0)
 
 
 def test_empty_ids(day, device):
@@ -104,3 +120,18 @@ def test_smollm2_sized_prefill(day, device):
     table = randn(49152, 576, dtype=torch.float16, device=device, seed=7)
     ids = _ids(4096, 49152, device=device, seed=8)
     assert_close(day.embedding(ids, table), table[ids.long()], "embedding 4096 x 576 fp16", atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+def test_no_sync_on_the_gpu(day, device):
+    """Under torch's sync-debug mode a host sync raises: a decode-sized lookup must make none."""
+    table = randn(1000, 64, dtype=torch.float16, device=device, seed=10)
+    ids = torch.tensor([7], dtype=torch.int32, device=device)
+    day.embedding(ids, table)                      # compile outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = day.embedding(ids, table)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_close(out, table[ids.long()], "embedding", atol=0, rtol=0)

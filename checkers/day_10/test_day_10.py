@@ -111,3 +111,20 @@ def test_real_shapes_fp16(day, device, hidden, block_size):
     w = random_weight(hidden, torch.float16, device)
     assert_close(day.rmsnorm(x, w, 1e-5, block_size=block_size), hf_rmsnorm(x, w, 1e-5),
                  f"rmsnorm 4096 x {hidden} fp16 block_size={block_size}", **tol(torch.float16))
+
+
+def test_fp16_rounding_order_bit_for_bit(day, device, eps):
+    """HF's order in fp16: x.float() -> variance -> x * rsqrt(var + eps) -> round to fp16 -> weight *
+    that (one more rounding). The inputs are multiples of 1/8 times a power of two, so every sum of
+    squares is exact in fp32 whatever the summation order: the result must equal HF's bit for bit.
+    Multiplying by the weight before rounding to fp16 is off by an fp16 ulp in many elements."""
+    hidden = 576
+    k = torch.randint(-32, 33, (3, hidden), generator=torch.Generator().manual_seed(10)).float() / 8
+    x = (k * torch.tensor([1.0, 2.0 ** -6, 16.0])[:, None]).to(dtype=torch.float16, device=device)
+    w = random_weight(hidden, torch.float16, device, seed=11)
+    out = day.rmsnorm(x, w, eps, block_size=64)
+    want = hf_rmsnorm(x, w, eps)
+    differ = (out.cpu() != want).nonzero()
+    assert not len(differ), (f"fp16 rmsnorm: {len(differ)} of {out.numel()} elements differ from HF bit for bit, "
+                             f"first at {tuple(differ[0].tolist())} -- round x * inv_rms to fp16 first, then "
+                             "multiply by the weight (float32(float16(v)))")

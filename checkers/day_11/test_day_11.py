@@ -1,12 +1,19 @@
 """Day 11 checker: linear -- GEMV for decode, tiled GEMM for prefill. Run: pytest checkers/day_11"""
+import math
+
 import pytest
 import torch
 
 from shared.reference import linear as reference_linear
-from shared.course.testing import cuda_time_ms, assert_close, randn, record_bench, tol
+from shared.course.testing import assert_close, cuda_time_ms, poison_, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 SMOLLM2_SHAPES = [(576, 1536), (1536, 576), (576, 49152)]   # (in, out): up/gate, down, lm_head
+# Llama-3.2-1B (in, out): q/o, k/v, gate/up, down, lm_head
+LLAMA_1B_SHAPES = [(2048, 2048), (2048, 512), (2048, 8192), (8192, 2048), (2048, 128256)]
+# (block_size, warps_per_row): one warp per row, rows split over 2 and 4 warps, more warps than rows
+GEMV_CONFIGS = [(32, 1), (64, 2), (128, 1), (128, 4)]
+BENCH_RATIO = 0.6   # your GEMV's bandwidth must reach this fraction of torch's on every 1B shape
 
 
 def inputs(T, K, N, dtype, device, seed=0):
@@ -24,13 +31,51 @@ def check(day, x, w, what, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("block_size", [32, 64])
-def test_gemv_decode_step(day, sizes, device, dtype, block_size):
-    """One token: K=100 is not a multiple of the block, so threads cover different counts of k."""
-    K, N = sizes(tiny=(100, 5), real=(1000, 999))
-    x, w = inputs(1, K, N, dtype, device, seed=block_size)
-    check(day, x, w, f"linear path='gemv' K={K} N={N} {dtype} block_size={block_size}",
-          path="gemv", block_size=block_size)
+@pytest.mark.parametrize("config", GEMV_CONFIGS, ids=[f"block{b}-wpr{s}" for b, s in GEMV_CONFIGS])
+def test_gemv_decode_step(day, sizes, device, dtype, config):
+    """One token, N odd. K = 100 / 1004: not a multiple of 8 (a tail after the 8-wide steps) and,
+    in fp16, rows that do not start on 16 bytes; 37 / 1003: odd; 64 / 1000: no tail at all."""
+    block_size, warps_per_row = config
+    N = sizes(tiny=5, real=999)
+    for K in sizes(tiny=[100, 37, 64], real=[1004, 1003, 1000]):
+        x, w = inputs(1, K, N, dtype, device, seed=K + block_size)
+        check(day, x, w, f"linear path='gemv' K={K} N={N} {dtype} block_size={block_size} "
+                         f"warps_per_row={warps_per_row}", path="gemv", block_size=block_size,
+              warps_per_row=warps_per_row)
+
+
+@pytest.mark.parametrize("N,block_size,warps_per_row", [(1, 128, 2), (3, 256, 1), (2, 64, None)])
+def test_gemv_fewer_rows_than_warps(day, device, monkeypatch, N, block_size, warps_per_row):
+    """A block serves more rows than the matrix has: the spare warps must not write past N.
+    torch.empty hands out memory with a NaN guard band right behind it, which must stay NaN."""
+    real_empty, bands = torch.empty, []
+
+    def empty_with_guard_band(*size, **kwargs):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        n = math.prod(shape)
+        buf = poison_(real_empty(n + 64, **kwargs))
+        bands.append(buf[n:])
+        return buf[:n].view(shape)
+
+    monkeypatch.setattr(torch, "empty", empty_with_guard_band)
+    x, w = inputs(1, 40, N, torch.float32, device, seed=N)
+    what = f"linear gemv N={N} block_size={block_size} warps_per_row={warps_per_row}"
+    check(day, x, w, what, path="gemv", block_size=block_size, warps_per_row=warps_per_row)
+    for band in bands:
+        assert torch.isnan(band).all(), f"{what}: wrote past the end of the output (rows >= N)"
+
+
+def test_gemv_unaligned_and_strided_operands(day, device):
+    """Inputs that are views: x one element into a buffer, w at an odd offset, w transposed. Wide
+    loads are only allowed on addresses that are multiples of 16 bytes; these need the fallback."""
+    K, N = 72, 9
+    for dtype in DTYPES:
+        x = randn(1, K + 1, seed=60, dtype=dtype, device=device)[:, 1:]
+        w = randn(N * K + 1, seed=61, scale=K ** -0.5, dtype=dtype, device=device)[1:].view(N, K)
+        check(day, x, w, f"linear gemv, x and w one element off a 16-byte boundary, {dtype}", path="gemv",
+              block_size=64)
+        wt = randn(K, N, seed=62, scale=K ** -0.5, dtype=dtype, device=device).t()
+        check(day, x, wt, f"linear gemv, w a transposed view, {dtype}", path="gemv", block_size=64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -44,6 +89,13 @@ def test_gemm_prefill_odd_shapes(day, device, dtype, shape):
     check(day, x, w, f"linear path='gemm' T={T} K={K} N={N} {dtype}", path="gemm")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_default_path_two_tokens(day, device, dtype):
+    """What the engine calls for a 2-token prefill: no path argument."""
+    x, w = inputs(2, 45, 11, dtype, device, seed=9)
+    check(day, x, w, f"linear(x, w) T=2 K=45 N=11 {dtype}")
+
+
 def test_auto_path_and_both_paths_agree_on_one_token(day, device):
     """path='auto' (what the engine calls) gives the same numbers as forcing either kernel."""
     x, w = inputs(1, 37, 6, torch.float32, device, seed=5)
@@ -54,14 +106,58 @@ def test_auto_path_and_both_paths_agree_on_one_token(day, device):
     check(day, x3, w3, "linear path='auto' T=3")
 
 
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_accumulates_in_fp32(day, sizes, device, path):
+    """1024 + (K - 1) * 0.3125 in fp16: a running fp16 sum stays at 1024 (0.3125 is less than half
+    an fp16 step there). K = 492 over 2 warps per row: partial sums rounded to fp16 before they
+    are added also miss (for 1, 2, 4 or 8 values per lane). Only fp32 sums, rounded once into
+    the output, give the reference's answer (every partial sum is exact in fp32)."""
+    T = 1 if path == "gemv" else 2
+    cases = [(40, {}), (492, dict(block_size=64, warps_per_row=2) if path == "gemv" else {})]
+    cases += sizes(tiny=[], real=[(4000, {})])
+    for K, kwargs in cases:
+        x = torch.full((T, K), 0.3125, dtype=torch.float16, device=device)
+        x[:, 0] = 1024.0
+        w = torch.ones(3, K, dtype=torch.float16, device=device)
+        out = day.linear(x, w, path=path, **kwargs)
+        assert out.dtype == torch.float16, f"fp16 inputs must give an fp16 output, got {out.dtype}"
+        assert_close(out, reference_linear(x, w), f"fp16 {path} with a large first term, K={K} {kwargs}",
+                     atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("T,path", [(1, "gemv"), (1, "auto"), (3, "auto"), (3, "gemm")])
+def test_empty_sum_is_zero(day, device, monkeypatch, T, path):
+    """K = 0: every output is an empty sum, 0. torch.empty hands out NaN-filled memory during this
+    test, so an output that is allocated and then never written shows."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison_(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison_(real_empty_like(*a, **k)))
+    x, w = torch.ones(T, 0, device=device), torch.ones(4, 0, device=device)
+    out = day.linear(x, w, path=path)
+    assert_close(out, torch.zeros(T, 4), f"linear with K=0, T={T}, path={path!r}", atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_no_host_reads(day, device, T):
+    """linear runs inside the captured decode step (day 23): nothing may read a tensor back to the
+    host (.item(), int(t), .tolist(), .cpu(), bool(t) wait for the GPU and break capture)."""
+    from shared.course.testing import no_host_reads
+    x, w = randn(T, 19, device=device, seed=31), randn(5, 19, device=device, seed=32)
+    with no_host_reads():
+        out = day.linear(x, w)
+    assert_close(out, x @ w.T, f"linear T={T} under the no-host-read guard", atol=1e-4, rtol=1e-4)
+
+
 def test_inputs_untouched(day, device):
     x, w = inputs(2, 9, 4, torch.float32, device, seed=7)
     x0, w0 = x.clone(), w.clone()
     day.linear(x, w)
+    day.linear(x[:1], w)
     assert torch.equal(x, x0) and torch.equal(w, w0), "linear must not modify x or w"
 
 
-@pytest.mark.parametrize("case", ["in differs", "x 1-D", "dtypes differ", "unknown path", "gemv with T=2"])
+@pytest.mark.parametrize("case", ["in differs", "x 1-D", "dtypes differ", "unknown path", "gemv with T=2",
+                                  "block_size 48", "block_size 16", "warps_per_row 3", "warps_per_row > warps"])
 def test_bad_inputs_raise_value_error(day, device, case):
     x, w, kw = torch.ones(2, 8, device=device), torch.ones(3, 8, device=device), {}
     if case == "in differs":
@@ -72,8 +168,14 @@ def test_bad_inputs_raise_value_error(day, device, case):
         w = w.half()
     elif case == "unknown path":
         kw = dict(path="cublas")
-    else:
+    elif case == "gemv with T=2":
         kw = dict(path="gemv")
+    elif case.startswith("block_size"):
+        x, kw = x[:1], dict(block_size=int(case.split()[1]))
+    elif case == "warps_per_row 3":
+        x, kw = x[:1], dict(warps_per_row=3)
+    else:
+        x, kw = x[:1], dict(block_size=64, warps_per_row=4)
     with pytest.raises(ValueError):
         day.linear(x, w, **kw)
 
@@ -88,14 +190,65 @@ def test_smollm2_shapes_fp16(day, device, K, N, T):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_size", [64, 128, 256, 1024])
-def test_gemv_block_sizes_real_shape(day, device, block_size):
+@pytest.mark.parametrize("block_size,warps_per_row", [(64, None), (256, 1), (256, 8), (1024, 1), (1024, 32)])
+def test_gemv_launch_configs_real_shape(day, device, block_size, warps_per_row):
     x, w = inputs(1, 1536, 576, torch.float16, device, seed=block_size)
-    check(day, x, w, f"linear gemv 1536->576 block_size={block_size}", path="gemv", block_size=block_size)
+    check(day, x, w, f"linear gemv 1536->576 block_size={block_size} warps_per_row={warps_per_row}",
+          path="gemv", block_size=block_size, warps_per_row=warps_per_row)
 
 
-def _time_ms(fn, reps=50):
-    return cuda_time_ms(fn, reps)
+def graph_ms(calls, reps=5):
+    """GPU milliseconds per call, the Python launch cost left out: `calls` are captured once in a
+    CUDA graph (how the engine replays a decode step, day 23) and the graph is replayed. Falls
+    back to timing the calls one by one if capture fails."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for call in calls:
+                call()
+    except Exception:   # a launch path that cannot be captured: time it eagerly, host cost included
+        torch.cuda.synchronize()
+        return cuda_time_ms(lambda: [call() for call in calls], reps) / len(calls)
+    return cuda_time_ms(graph.replay, reps) / len(calls)
+
+
+def cold_copies(x, w, calls=20):
+    """Enough copies of w that they overflow the L2 cache three times over: each call then reads
+    its weight from HBM, as a decode step does (every layer has its own weights)."""
+    l2 = torch.cuda.get_device_properties(w.device).L2_cache_size
+    n = max(1, math.ceil(3 * l2 / (w.numel() * w.element_size())))
+    copies = [w] + [w.clone() for _ in range(n - 1)]
+    return [copies[i % n] for i in range(max(n, calls))]
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+def test_bench_decode_bandwidth_llama_1b(day, device):
+    """One decode token through Llama-3.2-1B's projections, fp16: bytes moved (w + x + y) per
+    second of your GEMV vs torch's x @ w.T, same run, same card, weights cold in L2.
+    The reference solution reaches >= 1.5 TB/s; you need BENCH_RATIO of torch on every shape."""
+    props = torch.cuda.get_device_properties(device)
+    peak = 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8 / 1e9   # GB/s, DDR
+    result, slow = {"device": torch.cuda.get_device_name(), "peak_GBps": round(peak)}, []
+    for K, N in LLAMA_1B_SHAPES:
+        x, w = inputs(1, K, N, torch.float16, device, seed=K + N)
+        check(day, x, w, f"linear bench {K}->{N}")
+        weights = cold_copies(x, w)
+        mine = graph_ms([lambda w=w: day.linear(x, w) for w in weights])
+        ref = graph_ms([lambda w=w: x @ w.T for w in weights])
+        moved = (w.numel() + x.numel() + N) * w.element_size()
+        mine_gbps, ref_gbps = moved / (mine * 1e-3) / 1e9, moved / (ref * 1e-3) / 1e9
+        result[f"{K}->{N}"] = dict(MB=round(moved / 1e6, 1), linear_us=round(mine * 1e3, 2),
+                                   torch_us=round(ref * 1e3, 2), linear_GBps=round(mine_gbps),
+                                   torch_GBps=round(ref_gbps), ratio=round(mine_gbps / ref_gbps, 2))
+        if mine_gbps < BENCH_RATIO * ref_gbps:
+            slow.append(f"{K}->{N}: {mine_gbps:.0f} GB/s vs torch {ref_gbps:.0f} GB/s")
+    record_bench("day11_decode_bandwidth_llama_1b", result)
+    assert not slow, (f"GEMV below {BENCH_RATIO}x torch's bandwidth on " + "; ".join(slow)
+                      + " -- see the lesson's 'Making it fast': a warp per row, 8 values per lane per load")
 
 
 @pytest.mark.gpu
@@ -108,10 +261,11 @@ def test_bench_decode_gemv_vs_gemm(day, device):
         x, w = inputs(1, K, N, torch.float16, device, seed=1)
         for path in ("gemv", "gemm"):
             check(day, x, w, f"linear bench {path} {K}->{N}", path=path)
-        gemv = _time_ms(lambda: day.linear(x, w, path="gemv"))
-        gemm = _time_ms(lambda: day.linear(x, w, path="gemm"))
-        torch_ms = _time_ms(lambda: x @ w.T)
+        gemv = graph_ms([lambda: day.linear(x, w, path="gemv")] * 20)
+        gemm = graph_ms([lambda: day.linear(x, w, path="gemm")] * 20)
+        torch_ms = graph_ms([lambda: x @ w.T] * 20)
         gbps = w.numel() * w.element_size() / (gemv * 1e-3) / 1e9
-        result[f"{K}->{N}"] = dict(gemv_ms=round(gemv, 4), gemm_ms=round(gemm, 4), torch_ms=round(torch_ms, 4),
-                                   gemm_over_gemv=round(gemm / gemv, 2), gemv_weight_GBps=round(gbps, 1))
+        result[f"{K}->{N}"] = dict(gemv_us=round(gemv * 1e3, 2), gemm_us=round(gemm * 1e3, 2),
+                                   torch_us=round(torch_ms * 1e3, 2), gemm_over_gemv=round(gemm / gemv, 2),
+                                   gemv_weight_GBps=round(gbps, 1))
     record_bench("day11_decode_gemv_vs_gemm", result)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.reference import attention
-from shared.course.testing import cuda_time_ms, record_bench, assert_close, randn, tol
+from shared.course.testing import cuda_time_ms, record_bench, assert_close, randn, run_kernel, tol
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -70,8 +70,8 @@ def test_kv_cache_views(day, device, block):
 def test_large_scores_stay_finite(day, device, block):
     """Scores in the thousands: exp overflows unless the softmax subtracts the row max."""
     q, k, v = qkv(3, 3, 2, 1, 16, device=device, scale=1000.0)
-    assert_close(day.attention(q, k, v, block_size=block), attention(q, k, v),
-                 "attention with large scores", **tol(torch.float32, 2))
+    out = run_kernel(lambda: day.attention(q, k, v, block_size=block), "attention with large scores")
+    assert_close(out, attention(q, k, v), "attention with large scores", **tol(torch.float32, 2))
 
 
 def test_returns_new_tensor_and_leaves_inputs_alone(day, device, block):
@@ -105,13 +105,19 @@ def test_smollm2_shapes(day, device, dtype, T, S):
 @pytest.mark.gpu
 @pytest.mark.bench
 def test_bench_against_reference(day, device):
-    """Same-run ratio against the PyTorch reference (matmuls + softmax) on a 1024-token prefill."""
-    q, k, v = qkv(1024, 1024, 9, 3, 64, torch.float16, device)
+    """A report, not a speed target. One block per (query row, head) re-reads K and V for every
+    row, so this kernel is expected to be several times slower than the reference's cuBLAS
+    matmuls on a 1024-token prefill (4.5x to 5.6x on an H100). It records both times and their ratio,
+    plus decode shapes (T = 1, only H blocks: the lesson's "what to measure"), to
+    build/bench/day_14_attention.json, and asserts that every output it timed is correct."""
+    def timed(T, S):
+        q, k, v = qkv(T, S, 9, 3, 64, torch.float16, device)
+        assert_close(day.attention(q, k, v), attention(q, k, v), f"attention T={T} S={S} fp16 (the timed call)",
+                     **tol(torch.float16, 2))
+        ours, ref = cuda_time_ms(lambda: day.attention(q, k, v), 20), cuda_time_ms(lambda: attention(q, k, v), 20)
+        return {"T": T, "S": S, "ours_ms": ours, "reference_ms": ref, "ratio": ours / ref}
 
-    def ms(fn, reps=20):
-        return cuda_time_ms(fn, reps)
-
-    ours, ref = ms(lambda: day.attention(q, k, v)), ms(lambda: attention(q, k, v))
-    record_bench("day_14_attention", {"T": 1024, "H": 9, "KV": 3, "hd": 64, "dtype": "fp16",
-                                      "ours_ms": ours, "reference_ms": ref, "ratio": ours / ref})
-    assert ours > 0 and ref > 0, "timings must be positive"
+    prefill = timed(1024, 1024)
+    result = {"H": 9, "KV": 3, "hd": 64, "dtype": "fp16", **prefill,
+              "decode": [timed(1, S) for S in (256, 2048, 8192)]}
+    record_bench("day_14_attention", result)

@@ -88,6 +88,41 @@ def test_attend_hook_and_positions(day, reference_ops, device, tiny):
                  **TINY_TOL)
 
 
+def test_logits_are_fp32_for_fp16_weights(day, reference_ops, device, tiny_model):
+    """Sampling and softmax want fp32: the logits are fp32 whatever the weights' dtype."""
+    w = load(reference_ops, tiny_model, torch.float16, device)
+    ids = tiny_ids(w.config.vocab_size, device, T=5)
+    logits = day.forward(w, ids, positions(0, 5, device), reference_ops)
+    assert logits.dtype == torch.float32, f"fp16 weights: forward must still return fp32 logits, got {logits.dtype}"
+
+
+@pytest.mark.parametrize("pick", ["last", "slice", "index"])
+def test_logits_at_scores_only_the_rows_asked_for(day, reference_ops, device, tiny, pick):
+    """logits_at selects rows of the last hidden state before the final norm and the lm_head:
+    the result equals those rows of the full logits, and the lm_head sees only them."""
+    w, ids, expected = tiny
+    T = len(ids)
+    at = {"last": slice(-1, None), "slice": slice(2, 5),
+          "index": torch.tensor([6, 0, 3], device=device)}[pick]
+    rows = {"last": [T - 1], "slice": [2, 3, 4], "index": [6, 0, 3]}[pick]
+    seen = []
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(reference_ops, name)
+            if name != "linear":
+                return fn
+            def linear(x, weight):
+                if weight is w.lm_head:
+                    seen.append(x.shape[0])
+                return fn(x, weight)
+            return linear
+
+    logits = day.forward(w, ids, positions(0, T, device), Counting(), logits_at=at)
+    assert_close(logits, expected[rows], f"forward(..., logits_at={pick}) vs rows {rows} of HF's logits", **TINY_TOL)
+    assert seen == [len(rows)], f"the lm_head multiplied {seen} rows; logits_at asked for {len(rows)}"
+
+
 def test_bad_inputs_raise_value_error(day, reference_ops, device, tiny):
     w, ids, _ = tiny
     with pytest.raises(ValueError):

@@ -1,5 +1,4 @@
 """Day 17 checker: sample (greedy argmax kernel; temperature, top-k, top-p). Run: pytest checkers/day_17"""
-import math
 
 import pytest
 import torch
@@ -182,8 +181,16 @@ def test_matches_reference_greedy_on_smollm2_sized_batch(day, device):
 @pytest.mark.gpu
 @pytest.mark.bench
 def test_bench_greedy_and_sampling_vs_torch(day, device):
+    """One decode row of SmolLM2 logits. Top-p sampling is a same-run target: no slower than 1.5x
+    the reference, which does the same top-k/top-p bookkeeping plus torch.multinomial (0.6x to 0.77x
+    on an H100). Greedy is a report only: one row is microseconds of work, so both it and torch.argmax
+    time mostly the launch. The tokens of the timed calls are checked too."""
     x = randn(1, 49152, dtype=torch.float16, device=device, seed=9, scale=4.0)
     gen = torch.Generator(device=device).manual_seed(0)
+    check_tokens(day.sample(x), torch.argmax(x.float(), dim=-1), "greedy sample (the timed call)")
+    drawn = day.sample(x, 0.8, 50, 0.9, gen)
+    top50 = torch.topk(x.float(), 50, dim=-1).indices
+    assert bool((top50 == drawn.reshape(-1, 1)).any()), f"sample(top_k=50) drew {drawn.tolist()}, outside the top 50"
 
     def ms(fn, reps=200):
         return cuda_time_ms(fn, reps)
@@ -191,5 +198,8 @@ def test_bench_greedy_and_sampling_vs_torch(day, device):
     result = dict(vocab=49152, greedy_ms=ms(lambda: day.sample(x)), torch_argmax_ms=ms(lambda: torch.argmax(x, -1)),
                   sample_top_p_ms=ms(lambda: day.sample(x, 0.8, 50, 0.9, gen)),
                   reference_top_p_ms=ms(lambda: reference.sample(x, 0.8, 50, 0.9, gen)))
+    result["top_p_ratio"] = result["sample_top_p_ms"] / result["reference_top_p_ms"]
     record_bench("day_17_sampling", result)
-    assert math.isfinite(result["greedy_ms"]) and result["greedy_ms"] > 0
+    assert result["top_p_ratio"] < 1.5, (
+        f"top-p sampling takes {result['sample_top_p_ms']:.3f} ms, {result['top_p_ratio']:.2f}x the reference's "
+        f"{result['reference_top_p_ms']:.3f} ms: is the kernel doing more than one pass over the vocabulary?")

@@ -25,7 +25,7 @@ def nothing():
 class FakeEngine:
     """An engine whose clock is made up: prefill of P tokens takes 1 ms * P + 10 ms, a decode step at
     context C takes 5 ms + 0.1 ms * C. Prefill launches 2 kernels, every decode step 3. It emits only
-    EOS, so a benchmark that does not switch EOS off gets one token per run."""
+    EOS, so a benchmark that does not ask for ignore_eos=True gets one token per run."""
 
     EOS = 2
 
@@ -45,7 +45,7 @@ class FakeEngine:
     def step_s(c):
         return 5e-3 + 1e-4 * c
 
-    def generate_ids(self, prompt_ids, max_new_tokens=64, **kw):
+    def generate_ids(self, prompt_ids, max_new_tokens=64, ignore_eos=False, **kw):
         assert all(0 <= i < self.config.vocab_size for i in prompt_ids), "prompt ids outside the vocabulary"
         self.calls.append((len(prompt_ids), max_new_tokens))
         self.stats = s = Stats(prompt_tokens=len(prompt_ids))
@@ -59,7 +59,7 @@ class FakeEngine:
             s.total_s = now
             s.token_times.append(now)
             yield self.EOS
-            if self.EOS in self.tokenizer.eos_token_ids:
+            if not ignore_eos and self.EOS in self.tokenizer.eos_token_ids:
                 return
 
 
@@ -99,7 +99,7 @@ def test_fake_engine_numbers_are_exact(day):
     assert r["ttft_s"] == pytest.approx(eng.prefill_s(P)), "ttft_s must come from engine.stats.ttft_s of the main run"
     assert r["prefill_tok_s"] == pytest.approx(P / eng.prefill_s(P)), "prefill_tok_s = prompt_tokens / ttft_s"
     assert r["decode_tok_s"] == pytest.approx(decode_rate(P)), \
-        "decode_tok_s = (new_tokens - 1) / (total - ttft) -- did EOS stop the run early? switch it off while measuring"
+        "decode_tok_s = (new_tokens - 1) / (total - ttft) -- did EOS stop the run early? ask for ignore_eos=True"
     assert r["ms_per_token"] == pytest.approx(1e3 / decode_rate(P))
     for p in r["decode_vs_context"]:
         assert p["decode_tok_s"] == pytest.approx(decode_rate(p["context"])), f"decode tok/s at context {p['context']}"
@@ -109,7 +109,7 @@ def test_fake_engine_numbers_are_exact(day):
     assert r["launches_per_token"] == pytest.approx(3.0), \
         f"launches_per_token = {r['launches_per_token']}: count launches per decode step (3 here), not prefill (2)"
     assert (r["peak_allocated_bytes"], r["peak_reserved_bytes"]) == (0, 0) or eng.device.type == "cuda"
-    assert eng.tokenizer.eos_token_ids == [FakeEngine.EOS], "benchmark must give the engine its EOS ids back"
+    assert eng.tokenizer.eos_token_ids == [FakeEngine.EOS], "benchmark must not change the engine's EOS ids"
     measured = {(P, N)} | {(c, N) for c in SMALL["context_lengths"]} | {(p, 1) for p in SMALL["prompt_lengths"]}
     assert measured <= set(eng.calls), f"runs made {sorted(set(eng.calls))}, expected at least {sorted(measured)}"
 
@@ -123,6 +123,27 @@ def test_a_factory_works_too(day):
 
     r = day.benchmark(factory, **SMALL)
     assert len(made) == 1 and r["ttft_s"] == pytest.approx(FakeEngine.prefill_s(SMALL["prompt_tokens"]))
+
+
+def test_launch_overhead_syncs_before_reading_the_clock(day, monkeypatch):
+    """Launches are asynchronous: stopping the clock before the GPU has run them times only the
+    queueing. The last clock read must come after a synchronize that follows the last launch."""
+    import time
+    events = []
+    real_clock, real_launch = time.perf_counter, gpu.launch
+    monkeypatch.setattr(time, "perf_counter", lambda: events.append("clock") or real_clock())
+    monkeypatch.setattr(gpu, "launch", lambda *a, **k: events.append("launch") or real_launch(*a, **k))
+    for mod, name in ((torch.cuda, "synchronize"), (cuda, "synchronize")):
+        monkeypatch.setattr(mod, name, lambda *a, **k: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    import sys
+    t = sys.modules[day.benchmark.__module__].launch_overhead_s(5)
+    assert t > 0 and events.count("launch") >= 5, f"launch_overhead_s(5) must time 5 launches, saw {events}"
+    last_launch = max(i for i, e in enumerate(events) if e == "launch")
+    last_clock = max(i for i, e in enumerate(events) if e == "clock")
+    assert "sync" in events[last_launch:last_clock], \
+        "synchronize after the last launch and before reading the clock: launches return before the GPU runs them"
 
 
 @pytest.mark.parametrize("bad", [dict(new_tokens=1), dict(context_lengths=(8, 200)), dict(prompt_lengths=(0,))])
@@ -141,7 +162,7 @@ def test_tiny_model_engine_all_fields_plausible(day, tiny_model, track):
         assert 0 < r["peak_allocated_bytes"] <= r["peak_reserved_bytes"], "peak allocated must be <= reserved"
     else:
         assert r["peak_allocated_bytes"] == r["peak_reserved_bytes"] == 0, "no GPU: report 0 bytes"
-    assert engine.tokenizer.eos_token_ids == eos, "benchmark must give the engine its EOS ids back"
+    assert engine.tokenizer.eos_token_ids == eos, "benchmark must not change the engine's EOS ids"
 
 
 def test_bench_runner_writes_json_markdown_and_pngs(day, tiny_model, track, tmp_path):

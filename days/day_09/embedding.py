@@ -13,19 +13,22 @@ def embedding_kernel(ids, table, out, hidden):
     """Block (t, chunk) copies one chunk of row ids[t] of the table into row t of out.
 
     blockIdx.x = token, blockIdx.y = which chunk of `hidden` columns; neighbouring threads
-    read neighbouring columns of one table row, so the reads are coalesced.
+    read neighbouring columns of one table row, so the reads are coalesced. An id outside
+    0..vocab-1 gives a zero row: the kernel never reads outside the table.
     """
     # TODO(day 09): t = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x; if c < hidden,
-    # copy table[ids[t], c] into out[t, c].
+    # copy table[ids[t], c] into out[t, c] -- or 0 when ids[t] is not a row of the table.
     pass
 
 
 def embedding(ids: torch.Tensor, table: torch.Tensor, *, block_size: int = 128) -> torch.Tensor:
     """Rows of `table` [vocab, hidden] picked by token `ids` [T] -> [T, hidden] in table's dtype.
 
-    Ids are checked on the host before the launch: a kernel that reads row -1 or row vocab
-    reads someone else's memory on a GPU and fails silently. Raise ValueError (one line) for
-    ids that are not 1-D int32/int64, a table that is not 2-D, or any id < 0 or >= vocab.
+    Nothing here reads the ids back to the host (no .item(), no int(ids.min())): that would wait
+    for the GPU on every decode step and break CUDA-graph capture (day 23). The engine checks
+    ids while they are still Python ints; the kernel guards the table's bounds, writing a zero
+    row for an id < 0 or >= vocab, so a bad id never reads someone else's memory.
+    Raise ValueError (one line) for ids that are not 1-D int32/int64 or a table that is not 2-D.
     Launch a (T, ceil(hidden / block_size)) grid of `block_size` threads.
     """
     raise NotImplementedError("Day 09: embedding is not written yet -- edit days/day_09/embedding.py "

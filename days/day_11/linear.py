@@ -1,7 +1,8 @@
 """Day 11 -- linear: y = x @ w.T with two kernels, picked by the number of tokens.
 
 Decode (T == 1) is a matrix-vector product: every weight is read once and used once, so the
-kernel is bound by memory bandwidth -- GEMV reads each row of w with coalesced loads.
+kernel is bound by memory bandwidth. The GEMV gives each row of w to a warp (or a few warps),
+reads it 16 bytes per thread per load, and keeps the sums in fp32.
 Prefill (T > 1) reuses each weight T times: the tiled GEMM stages tiles in shared memory.
 
 Lesson: notes/day_11_linear.md        Check: pytest checkers/day_11
@@ -11,19 +12,44 @@ import torch
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-MAX_BLOCK = 1024  # GEMV scratch: one float per thread of the largest block
-TILE = 16         # GEMM: a TILE x TILE block of threads computes a TILE x TILE tile of y
+from .loads import load8, load8_wide, shfl_down
+
+WARP = 32
+VEC = 8              # GEMV: each lane takes 8 consecutive k per step (16 bytes of fp16)
+MAX_WARPS = 32       # GEMV scratch: one partial sum per warp of the largest block (1024 threads)
+BUSY_WARPS = 4096    # GEMV: split short matrices' rows over more warps until about this many run
+TILE = 16            # GEMM: a TILE x TILE block of threads computes a TILE x TILE tile of y
 TILE_PAD = TILE + 1  # shared tiles get one spare column: no bank conflicts on ws[tx, kk]
 
 
-@cuda.jit
-def gemv_kernel(x, w, out, K):
-    """Block n computes out[0, n] = sum_k x[0, k] * w[n, k]: threads stride over k (coalesced
-    reads of row n of w), then a shared-memory tree adds the per-thread partial sums."""
-    # TODO(day 11): n = blockIdx.x; each thread sums float32(x[0, k]) * float32(w[n, k]) over
-    # k = tid, tid + blockDim.x, ...; put the partial sum in a shared array, tree-reduce it
-    # (cuda.syncthreads() before and after every step), and thread 0 writes out[0, n].
-    pass
+def make_gemv_kernel(load):
+    """The GEMV kernel, reading 8 values at a time with `load` (load8_wide or load8). Numba
+    compiles each version on its own, so the 16-byte one carries no code for the other case."""
+
+    @cuda.jit
+    def gemv_kernel(x, w, out, K, warps_per_row):
+        """out[0, n] = sum_k x[0, k] * w[n, k], with `warps_per_row` warps per row n.
+
+        The threads of a row take 8 consecutive k each per step (a warp reads 512 contiguous
+        bytes of fp16), then the last K % 8 values one each. Lanes add up with shuffles, a
+        row's warps through shared memory."""
+        # TODO(day 11): a shared float32 array [MAX_WARPS] for the warps' sums (declare it first).
+        # lane = threadIdx.x % WARP, warp = threadIdx.x // WARP; a block holds
+        # blockDim.x // WARP // warps_per_row rows: n = blockIdx.x * that + warp // warps_per_row,
+        # part = warp % warps_per_row, me = part * WARP + lane (rank among the row's threads).
+        # If n < N: for k = me*VEC, me*VEC + threads*VEC, ... < body = K - K % VEC, add the 8
+        # products of load(x, 0, k) and load(w, n, k) to an fp32 acc; then the tail k = body + me,
+        # ... < K one value each. EVERY thread (rows past N too) then folds acc over its warp with
+        # shfl_down(acc, 16 / 8 / 4 / 2 / 1); lane 0 puts it in the shared array at [warp],
+        # cuda.syncthreads(), and lane 0 of the row's first warp adds the row's warps_per_row
+        # partials and writes out[0, n] (only if n < N).
+        pass
+
+    return gemv_kernel
+
+
+gemv_wide = make_gemv_kernel(load8_wide)  # rows (and x) start on 16-byte boundaries
+gemv_any = make_gemv_kernel(load8)        # any alignment, any strides
 
 
 @cuda.jit
@@ -39,13 +65,25 @@ def gemm_kernel(x, w, out, M, N, K):
     pass
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: int = 128) -> torch.Tensor:
+def gemv_warps_per_row(N: int, K: int, warps: int) -> int:
+    """A warp per row is enough for a tall matrix; a short one (N = 512) would keep only a few
+    hundred warps busy: too few loads in flight to keep memory busy. Split each row's k over
+    more warps until about BUSY_WARPS run, keeping at least two 8-wide steps per lane."""
+    # TODO(day 11): start at 1 and double while it is < warps, N * split < BUSY_WARPS and each
+    # lane would still get two steps after doubling (K >= 2 * (2 * split) * WARP * VEC).
+    raise NotImplementedError("Day 11: gemv_warps_per_row is not written yet -- edit days/day_11/linear.py "
+                              "(lesson: notes/day_11_linear.md, 'Making it fast')")
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: int = 128,
+           warps_per_row: int | None = None) -> torch.Tensor:
     """y = x @ w.T for x [T, in], w [out, in] -> [T, out] in x's dtype, fp32 accumulation.
 
     path "auto" takes GEMV for T == 1 and GEMM otherwise; "gemv" (T must be 1) and "gemm"
-    force one. block_size is GEMV's threads per row (a power of two <= 1024); GEMM uses
-    TILE x TILE blocks. Raise ValueError (one line) for shapes that do not fit, dtypes that
-    differ, an unknown path, or a bad block_size.
+    force one. GEMV: block_size threads per block (a power of two from 32 to 1024), and
+    warps_per_row warps per output row (a power of two <= block_size // 32; None picks one
+    from the shape). GEMM uses TILE x TILE blocks. Raise ValueError (one line) for shapes that
+    do not fit, dtypes that differ, an unknown path, or a bad launch configuration.
     """
     raise NotImplementedError("Day 11: linear is not written yet -- edit days/day_11/linear.py "
                               "(lesson: notes/day_11_linear.md)")

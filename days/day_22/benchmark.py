@@ -3,7 +3,6 @@
 Lesson: notes/day_22_benchmark.md        Check: pytest checkers/day_22
 Run it on every engine and HF: `tinyinfer bench` (shared/bench.py calls your benchmark()).
 """
-import contextlib
 import sys
 import time
 
@@ -36,24 +35,13 @@ def launch_overhead_s(samples: int = 20) -> float:
                               "(lesson: notes/day_22_benchmark.md)")
 
 
-@contextlib.contextmanager
-def _ignoring_eos(engine):
-    """Every run makes exactly the tokens asked for; the engine's EOS ids come back afterwards."""
-    saved = list(engine.tokenizer.eos_token_ids)
-    engine.tokenizer.eos_token_ids = []
-    try:
-        yield
-    finally:
-        engine.tokenizer.eos_token_ids = saved
-
-
 def _generate(engine, ids, n):
     """One generation -> (engine.stats, kernel launches made for each new token).
 
     shared.runtime.gpu.LAUNCHES counts every launch through shared.runtime.gpu.launch; the launches made
     between two yielded tokens belong to the later token.
     """
-    # TODO(day 22): iterate engine.generate_ids(ids, max_new_tokens=n), reading gpu.LAUNCHES at
+    # TODO(day 22): iterate engine.generate_ids(ids, max_new_tokens=n, ignore_eos=True), reading gpu.LAUNCHES at
     # each yielded token; raise if the engine made fewer than n tokens.
     raise NotImplementedError("Day 22: _generate (one timed generation) is not written yet -- edit "
                               "days/day_22/benchmark.py (lesson: notes/day_22_benchmark.md)")
@@ -64,7 +52,7 @@ def benchmark(engine, *, prompt_tokens: int = 16, new_tokens: int = 8, context_l
     """Measure one engine (an Engine, or a zero-argument factory that builds one); returns a flat dict.
 
     Timings come from engine.stats after engine.generate_ids (the engine syncs every token when
-    it samples); EOS is ignored so each run makes exactly the tokens asked for. Keys:
+    it samples); every run asks for ignore_eos=True, so it makes exactly the tokens asked for. Keys:
     prompt_tokens, new_tokens, warmup; ttft_s, prefill_tok_s (= prompt_tokens / ttft_s),
     decode_tok_s (= engine.stats.decode_tok_s), ms_per_token -- all from the main run;
     decode_vs_context: [{"context", "decode_tok_s", "ms_per_token"}] one per context length;

@@ -2,14 +2,16 @@
 
 --track days|solutions   whose code to check (default: days, or $TINYINFER_TRACK)
 Tier: a CUDA GPU -> 'gpu'; none -> 'sim' (NUMBA_ENABLE_CUDASIM=1, set here before numba loads).
-Progress: on the days track, a day whose whole checker passed is recorded in
-.tinyinfer/progress.json, and the engine starts using that day's code.
+Progress (days track): a run of a day's whole checker records the day in .tinyinfer/progress.json
+when every test passes, and forgets it when one fails; a partial run (node ids, -k, -m, --lf,
+--deselect, some of its files) never changes what is recorded.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,7 +34,12 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     track = config.getoption("--track") or registry.default_track()
     os.environ["TINYINFER_TRACK"] = track
-    config._tinyinfer = SimpleNamespace(track=track, tier=TIER, results=defaultdict(lambda: defaultdict(int)))
+    config._tinyinfer = SimpleNamespace(
+        track=track, tier=TIER,
+        outcomes=defaultdict(dict),   # day -> {nodeid: 'passed'|'skipped'|'failed'} from the reports
+        collected=defaultdict(set),   # day -> the nodeids this session collected
+        partial=set(),                # days this session runs only part of
+        recorded=[], forgotten=[], errors=[])
 
 
 def pytest_report_header(config):
@@ -70,12 +77,69 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_runtest_logreport(report):
+    """One outcome per test: failed if any phase failed, else skipped, else passed."""
     day = _day_of(report.nodeid)
     if day is None:
         return
-    res = _CONFIG._tinyinfer.results[day]
-    if report.when == "call" or report.outcome != "passed":
-        res[report.outcome] += 1
+    seen = _CONFIG._tinyinfer.outcomes[day]
+    if report.failed or seen.get(report.nodeid) == "failed":
+        seen[report.nodeid] = "failed"
+    elif report.skipped:
+        seen[report.nodeid] = "skipped"
+    elif report.when == "call":
+        seen[report.nodeid] = "passed"
+
+
+# ---- which days a session runs in whole ------------------------------------------------------
+def pytest_deselected(items):
+    """-k, -m, --deselect, --lf and --sw all deselect through this hook."""
+    for item in items:
+        day = _day_of(item.nodeid)
+        if day is not None:
+            item.config._tinyinfer.partial.add(day)
+
+
+def _picks_node_ids(config, folder: Path) -> bool:
+    """Whether the command line names single tests (path::name) inside this day's folder."""
+    for arg in config.args:
+        if "::" in arg:
+            target = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+            if target == folder or folder in target.parents:
+                return True
+    return False
+
+
+def pytest_collection_finish(session):
+    """Note what this session collected per day, and which days only in part: a test file of
+    checkers/day_NN/ left out (--ignore, one file named, --lf) or single tests picked by node id."""
+    config = session.config
+    t = config._tinyinfer
+    files = defaultdict(set)
+    for item in session.items:
+        day = _day_of(item.nodeid)
+        if day is not None:
+            t.collected[day].add(item.nodeid)
+            files[day].add(item.path)
+    patterns = config.getini("python_files")
+    for day, got in files.items():
+        folder = next(p for p in next(iter(got)).parents if p.name == f"day_{day:02d}")
+        want = {f for f in folder.rglob("*.py") if any(fnmatch.fnmatch(f.name, pat) for pat in patterns)}
+        if got != want or _picks_node_ids(config, folder):
+            t.partial.add(day)
+    if hasattr(config, "workerinput"):  # xdist worker: the controller collects nothing itself
+        config.workeroutput["tinyinfer"] = {"collected": {d: sorted(ids) for d, ids in t.collected.items()},
+                                            "partial": sorted(t.partial)}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: take each worker's view of the collection."""
+    out = getattr(node, "workeroutput", {}).get("tinyinfer")
+    if out:
+        t = node.config._tinyinfer
+        for day, ids in out["collected"].items():
+            t.collected[day].update(ids)
+        t.partial.update(out["partial"])
 
 
 _CONFIG = None
@@ -88,32 +152,66 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """A day's whole checker ran: every test passed -> record the day; one failed -> forget it."""
     config = session.config
     t = config._tinyinfer
     if hasattr(config, "workerinput") or t.track != "days":
         return
-    if config.option.keyword or config.option.markexpr:
-        return  # a filtered run never counts as finishing a day
-    t.recorded = []
-    for day, res in sorted(t.results.items()):
-        if res["failed"] == 0 and res["passed"] > 0:
-            progress.record(day, t.tier, res["passed"], res["skipped"])
-            t.recorded.append(day)
+    for day, ids in sorted(t.collected.items()):
+        if day in t.partial:
+            continue
+        seen = t.outcomes.get(day, {})
+        counts = Counter(seen.values())
+        try:
+            if counts["failed"]:
+                if progress.forget(day):
+                    t.forgotten.append(day)
+            elif counts["passed"] and ids <= seen.keys():  # every test ran (no -x stop, no interrupt)
+                progress.record(day, t.tier, counts["passed"], counts["skipped"])
+                t.recorded.append(day)
+        except OSError as e:
+            t.errors.append(f"day {day:02d}: progress not saved: {e}")
+
+
+def _what_the_engine_does(day: int, track: str, tier: str) -> str:
+    """Claim the engine uses a day's code only for components on its path in this mode."""
+    d = syllabus.day(day)
+    if not d.provides:
+        return "a building block for later days"
+    from shared.engine.capabilities import capabilities, engine_components  # shared.engine imports torch
+    on_path = engine_components(capabilities(track, tier, simulate=True))  # the mode that runs the learner's code
+    used = [n for n in d.provides if n in on_path and registry.source(n, track).day == day]
+    if not used:
+        return f"a building block for later days (the engine does not call {', '.join(d.provides)})"
+    names = ", ".join(used)
+    if tier == "sim":
+        return (f"`tinyinfer generate --simulate --model tiny` now runs your {names} "
+                "(without a GPU, plain `generate` runs the PyTorch reference)")
+    return f"the engine now uses your {names}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     t = config._tinyinfer
-    if t.track != "days" or not t.results:
+    if t.track != "days":
         return
     tr = terminalreporter
-    for day, res in sorted(t.results.items()):
+    for line in progress.problems() + t.errors:
+        tr.write_line("tinyinfer progress: " + line, red=True)
+    for day, seen in sorted(t.outcomes.items()):
         d = syllabus.day(day)
-        if day in getattr(t, "recorded", []):
-            tr.write_line(f"day {day:02d} ({d.title}): finished in the {t.tier} tier -- recorded; "
-                          f"the engine now uses your code. Next: `tinyinfer next`", green=True)
-        elif res["failed"]:
-            tr.write_line(f"day {day:02d}: {res['passed']} passed, {res['failed']} failing -- edit "
+        counts = Counter(seen.values())
+        if day in t.recorded:
+            tr.write_line(f"day {day:02d} ({d.title}): finished in the {t.tier} tier -- recorded -- "
+                          f"{_what_the_engine_does(day, t.track, t.tier)}. Next: `tinyinfer next`", green=True)
+        elif counts["failed"]:
+            tr.write_line(f"day {day:02d}: {counts['passed']} passed, {counts['failed']} failing -- edit "
                           f"days/{d.tag}/ (lesson: {d.lesson}, hints: `tinyinfer hint {day}`)", yellow=True)
+            if day in t.forgotten:
+                tr.write_line(f"day {day:02d}: no longer recorded as finished -- the engine uses the reference "
+                              "for it until its whole checker passes again", yellow=True)
+        elif day in t.partial and counts["passed"]:
+            tr.write_line(f"day {day:02d}: only part of its checker ran -- not recorded; "
+                          f"`pytest checkers/{d.tag}` records it")
 
 
 # ---- fixtures --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `resolve(name, track)` returns the implementation from the highest-numbered *finished* day that
 provides `name`, else the PyTorch reference in shared/reference/. Finished = every published
-day on the `solutions` track; on the `days` track, a day whose checker passed (progress.json).
+day on the `solutions` track; on the `days` track, a day whose checker passed (progress.json) and
+whose files have not changed since.
 `Ops(track)` bundles the resolved components so the model code reads `ops.rmsnorm(...)`.
 """
 from __future__ import annotations
@@ -27,10 +28,13 @@ def check_track(track: str) -> str:
 
 
 def finished(track: str) -> set[int]:
-    """Day numbers whose code the engine may use on this track."""
+    """Day numbers whose code the engine may use on this track: on `days`, recorded and not stale
+    (a day whose files changed since it passed runs on the reference until it passes again)."""
     check_track(track)
     published = {d.number for d in syllabus.published()}
-    return published if track == "solutions" else published & progress.finished_days()
+    if track == "solutions":
+        return published
+    return published & (progress.finished_days() - progress.stale_days())
 
 
 @dataclass(frozen=True)

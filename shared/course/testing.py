@@ -66,3 +66,67 @@ def cuda_time_ms(fn, reps: int = 50) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / reps
+
+
+class HostReadError(AssertionError):
+    """A value was read back from a tensor to the host on a path that must stay capture-safe."""
+
+
+_HOST_READS = ("item", "tolist", "cpu", "__int__", "__float__", "__bool__", "__index__")
+
+
+def no_host_reads():
+    """Context manager: any tensor -> host read (.item(), int(t), .tolist(), .cpu(), bool(t), ...)
+    raises HostReadError. It is how the sim tier (no GPU, no sync-debug mode) checks that a decode
+    step could be captured in a CUDA graph. The simulator's own launch path is exempt: it hands
+    kernels numpy views (that is the simulator's GPU, not a host read)."""
+    import contextlib
+    from unittest import mock
+
+    def refuse(name):
+        def method(self, *a, **k):
+            raise HostReadError(f"Tensor.{name}() on the decode path: it waits for the GPU and cannot be "
+                                "captured in a CUDA graph -- keep the value on the device (or check it on the "
+                                "host while it is still a Python value)")
+        return method
+
+    stack = contextlib.ExitStack()
+    for name in _HOST_READS:
+        stack.enter_context(mock.patch.object(torch.Tensor, name, refuse(name)))
+    return stack
+
+
+# ---- diagnose before advising: races and overflow in the simulator ---------------------------
+def run_kernel(fn, what: str = "output"):
+    """fn() with the simulator's OverflowError turned into advice: on a GPU exp(1000) is inf and
+    the softmax quietly becomes NaN; the simulator's float64 math.exp raises instead."""
+    try:
+        return fn()
+    except OverflowError as e:
+        raise AssertionError(f"math.exp overflowed: subtract the row max before exp ({what}: {e})") from None
+
+
+def assert_deterministic(first: torch.Tensor, second: torch.Tensor, what: str = "output") -> None:
+    """Two launches on the same input must agree bit for bit; if not, nothing else is worth saying."""
+    if not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)) or first.shape != second.shape:
+        return   # a wrong type or shape: assert_close says so
+    a, b = first.detach().cpu(), second.detach().cpu()
+    same = (a == b) | (a != a) & (b != b) if a.is_floating_point() else a == b
+    if not bool(same.all()):
+        idx = tuple(int(i) for i in (~same).nonzero()[0])
+        raise AssertionError(
+            f"nondeterministic: a missing barrier? {what}: two identical launches disagree at index {idx} "
+            f"({a[idx].item():.6g} vs {b[idx].item():.6g}): a thread reads shared memory another thread has "
+            "not finished writing -- a cuda.syncthreads() between the write and the read is missing")
+
+
+def check_kernel(fn, expected: torch.Tensor, what: str = "output", atol: float = 1e-5, rtol: float = 1e-5):
+    """Run fn() twice and compare the runs with each other first (a race), then with `expected`.
+
+    A race in a reduction gives wrong values whose pattern looks like other mistakes (a max that
+    started at 0, a missing max subtraction); the second launch tells them apart. Returns the output.
+    """
+    first = run_kernel(fn, what)
+    assert_deterministic(first, run_kernel(fn, what), what)
+    assert_close(first, expected, what, atol=atol, rtol=rtol)
+    return first

@@ -1,6 +1,7 @@
 """The PyTorch reference for every component the engine needs through generation with a static
 KV cache. Same names and call signatures as the days that provide them (see syllabus.toml)."""
 from shared.reference.generation import KVCache, generate
+from shared.reference.graphs import DecodeGraphs
 from shared.reference.loading import load_config, load_model, load_safetensors
 from shared.reference.model import forward, mlp
 from shared.reference.ops import (attention, decode_attention, embedding, kv_write, linear, matmul,
@@ -14,4 +15,4 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
            "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
-           "summary", "benchmark"]
+           "summary", "benchmark", "DecodeGraphs"]

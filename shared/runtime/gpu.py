@@ -36,6 +36,10 @@ if SIM:
     # thread switch interval makes cuda.syncthreads() several times faster.
     import sys
     sys.setswitchinterval(5e-4)
+    # A barrier that not every thread of a block reaches is undefined on a GPU; the simulator
+    # would let it pass silently. Make it fail at once (shared/runtime/simbarrier.py).
+    from shared.runtime import simbarrier
+    simbarrier.install()
 
 
 def _sim_arg(a):

@@ -12,19 +12,27 @@ TIERS = ("gpu", "sim")
 
 
 def detect() -> str:
-    """'gpu' if a CUDA GPU is usable, else 'sim'. TINYINFER_TIER=sim|gpu overrides."""
+    """'gpu' if a CUDA GPU is usable, else 'sim'. TINYINFER_TIER=sim|gpu overrides ('gpu' with no
+    GPU torch can see is a ValueError: numba would fail later with a long traceback)."""
     forced = os.environ.get("TINYINFER_TIER", "").strip().lower()
     if forced:
         if forced not in TIERS:
             raise ValueError(f"TINYINFER_TIER={forced!r}: use 'gpu' or 'sim'")
+        if forced == "gpu" and not _torch_sees_a_gpu():
+            raise ValueError("TINYINFER_TIER=gpu, but torch sees no CUDA GPU here: unset TINYINFER_TIER "
+                             "(or set it to 'sim') to run in the simulator")
         return forced
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         return "sim"
+    return "gpu" if _torch_sees_a_gpu() else "sim"
+
+
+def _torch_sees_a_gpu() -> bool:
     try:
         import torch
-        return "gpu" if torch.cuda.is_available() else "sim"
+        return torch.cuda.is_available()
     except Exception:
-        return "sim"
+        return False
 
 
 def select() -> str:

@@ -43,7 +43,7 @@ def load_safetensors(path) -> dict[str, torch.Tensor]:
         start, data_len = 8 + n, size - 8 - n
         entries = [_check_entry(path, name, info, data_len) for name, info in header.items()
                    if name != "__metadata__"]
-        _check_no_overlap(path, entries)
+        _check_tiling(path, entries, data_len)
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
     out = {}
     for name, dtype, shape, (begin, end) in entries:
@@ -57,12 +57,26 @@ def load_safetensors(path) -> dict[str, torch.Tensor]:
 
 def _parse_header(path: str, raw: bytes) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:  # json recurses once per nesting level: '[[[[...' is a crash otherwise
+        raise ValueError(f"{path}: the header nests too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError and _no_duplicates' error
         raise ValueError(f"{path}: the header is not valid UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: the header must be a JSON object, got {type(header).__name__}")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{path}: __metadata__ must be an object of strings")
     return header
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """JSON parsers disagree on a repeated key (json.loads keeps the last, others the first): refuse it."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        raise ValueError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+    return d
 
 
 def _check_entry(path: str, name: str, info, data_len: int):
@@ -88,11 +102,18 @@ def _check_entry(path: str, name: str, info, data_len: int):
     return name, dtype, shape, (begin, end)
 
 
-def _check_no_overlap(path: str, entries) -> None:
-    spans = sorted((begin, end, name) for name, _, _, (begin, end) in entries if end > begin)
-    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
-        if begin_b < end_a:
-            raise ValueError(f"{path}: tensors {a!r} and {b!r} overlap (data_offsets share bytes)")
+def _check_tiling(path: str, entries, data_len: int) -> None:
+    """The tensors must cover the data section exactly, in offset order: no overlap, no hole,
+    nothing after the last one (bytes no tensor owns could hide a second file)."""
+    end, before = 0, None
+    for begin, stop, name in sorted((begin, end, name) for name, _, _, (begin, end) in entries):
+        if begin < end:
+            raise ValueError(f"{path}: tensors {before!r} and {name!r} overlap (data_offsets share bytes)")
+        if begin > end:
+            raise ValueError(f"{path}: tensor {name!r} starts at {begin}, leaving a hole after byte {end}")
+        end, before = stop, name
+    if end != data_len:
+        raise ValueError(f"{path}: the data section has {data_len} bytes, the tensors cover {end}")
 
 
 def _is_uint(x) -> bool:

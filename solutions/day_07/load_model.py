@@ -23,10 +23,14 @@ REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers
 def load_config(model_dir) -> ModelConfig:
     """Parse config.json (both the classic keys and transformers 5's `rope_parameters`)."""
     path = Path(model_dir) / "config.json"
-    c = json.loads(path.read_text())
+    c = _read_config(path)
     missing = [k for k in REQUIRED if k not in c]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")
+    for k in REQUIRED + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        v = c.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{path}: {k} must be a positive integer, got {v!r}")
     heads = c["num_attention_heads"]
     kv_heads = c.get("num_key_value_heads") or heads
     if c.get("head_dim") is None and c["hidden_size"] % heads:
@@ -44,6 +48,22 @@ def load_config(model_dir) -> ModelConfig:
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)), rope_scaling=scaling,
         bos_token_id=c.get("bos_token_id"),
         eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, list) else (eos,))
+
+
+def _read_config(path: Path) -> dict:
+    """config.json as a dict, refusing anything that is not a Llama: Gemma, Qwen2, Mistral...
+    name their tensors as Llama does, so they would load and silently generate nonsense."""
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(c, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(c).__name__}")
+    kind, archs = c.get("model_type", "llama"), c.get("architectures") or ["LlamaForCausalLM"]
+    if kind != "llama" or archs != ["LlamaForCausalLM"]:
+        raise ValueError(f"{path}: model_type {kind!r}, architectures {archs}: not a Llama model "
+                         "(tinyinfer runs LlamaForCausalLM only)")
+    return c
 
 
 def _rope(path: Path, c: dict) -> tuple[float, RopeScaling | None]:

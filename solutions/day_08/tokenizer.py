@@ -20,7 +20,10 @@ class Tokenizer:
     def __init__(self, model_dir):
         from tokenizers import Tokenizer as FastTokenizer
         model_dir = Path(model_dir)
-        self._tok = FastTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        try:
+            self._tok = FastTokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as e:  # the library raises a bare Exception: say which file
+            raise ValueError(f"{model_dir / 'tokenizer.json'}: cannot load it ({e})") from None
         cfg = _read_json(model_dir / "tokenizer_config.json")
         self.chat_template: str | None = cfg.get("chat_template")
         self.bos_token, self.eos_token = _content(cfg.get("bos_token")), _content(cfg.get("eos_token"))
@@ -41,17 +44,25 @@ class Tokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render the conversation the way HF transformers does (same jinja2 settings and globals)."""
+        """Render the conversation the way HF transformers does (same jinja2 settings and globals),
+        in a sandbox: the template comes from the model folder, and plain jinja2 runs any Python."""
         if not self.chat_template:
             raise ValueError("this model has no chat template (tokenizer_config.json: chat_template); "
                              "encode a plain prompt instead")
-        from jinja2.exceptions import TemplateError
+        if not isinstance(self.chat_template, str):
+            raise ValueError("tokenizer_config.json: chat_template must be a string, "
+                             f"got {type(self.chat_template).__name__}")
+        from jinja2.exceptions import SecurityError, TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class Sandbox(ImmutableSandboxedEnvironment):
+            def unsafe_undefined(self, obj, attribute):  # by default an Undefined that prints as ''
+                raise SecurityError(f"chat template: access to {type(obj).__name__}.{attribute} is unsafe")
 
         def raise_exception(message):
             raise TemplateError(message)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
         return env.from_string(self.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt,
@@ -62,7 +73,16 @@ class Tokenizer:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A JSON object from the model folder ({} when the file is missing)."""
+    if not path.exists():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: must be a JSON object, got {type(d).__name__}")
+    return d
 
 
 def _content(token):

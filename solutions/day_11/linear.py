@@ -1,7 +1,8 @@
 """Day 11 -- linear: y = x @ w.T with two kernels, picked by the number of tokens.
 
 Decode (T == 1) is a matrix-vector product: every weight is read once and used once, so the
-kernel is bound by memory bandwidth -- GEMV reads each row of w with coalesced loads.
+kernel is bound by memory bandwidth. The GEMV gives each row of w to a warp (or a few warps),
+reads it 16 bytes per thread per load, and keeps the sums in fp32.
 Prefill (T > 1) reuses each weight T times: the tiled GEMM stages tiles in shared memory.
 
 Lesson: notes/day_11_linear.md        Check: pytest checkers/day_11
@@ -11,33 +12,65 @@ import torch
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-MAX_BLOCK = 1024  # GEMV scratch: one float per thread of the largest block
-TILE = 16         # GEMM: a TILE x TILE block of threads computes a TILE x TILE tile of y
+from .loads import load8, load8_wide, shfl_down
+
+WARP = 32
+VEC = 8              # GEMV: each lane takes 8 consecutive k per step (16 bytes of fp16)
+MAX_WARPS = 32       # GEMV scratch: one partial sum per warp of the largest block (1024 threads)
+BUSY_WARPS = 4096    # GEMV: split short matrices' rows over more warps until about this many run
+TILE = 16            # GEMM: a TILE x TILE block of threads computes a TILE x TILE tile of y
 TILE_PAD = TILE + 1  # shared tiles get one spare column: no bank conflicts on ws[tx, kk]
 
 
-@cuda.jit
-def gemv_kernel(x, w, out, K):
-    """Block n computes out[0, n] = sum_k x[0, k] * w[n, k]: threads stride over k (coalesced
-    reads of row n of w), then a shared-memory tree adds the per-thread partial sums."""
-    n = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
-    partial = cuda.shared.array(MAX_BLOCK, float32)
+def make_gemv_kernel(load):
+    """The GEMV kernel, reading 8 values at a time with `load` (load8_wide or load8). Numba
+    compiles each version on its own, so the 16-byte one carries no code for the other case."""
 
-    acc = float32(0.0)
-    for k in range(tid, K, nthreads):
-        acc += float32(x[0, k]) * float32(w[n, k])
-    partial[tid] = acc
-    cuda.syncthreads()
-    step = nthreads // 2
-    while step > 0:
-        if tid < step:
-            partial[tid] += partial[tid + step]
-        cuda.syncthreads()
-        step //= 2
-    if tid == 0:
-        out[0, n] = partial[0]
+    @cuda.jit
+    def gemv_kernel(x, w, out, K, warps_per_row):
+        """out[0, n] = sum_k x[0, k] * w[n, k], with `warps_per_row` warps per row n.
+
+        The threads of a row take 8 consecutive k each per step (a warp reads 512 contiguous
+        bytes of fp16), then the last K % 8 values one each. Lanes add up with shuffles, a
+        row's warps through shared memory."""
+        partial = cuda.shared.array(MAX_WARPS, float32)   # one sum per warp
+        N = out.shape[1]
+        lane = cuda.threadIdx.x % WARP
+        warp = cuda.threadIdx.x // WARP
+        n = cuda.blockIdx.x * (cuda.blockDim.x // WARP // warps_per_row) + warp // warps_per_row
+        part = warp % warps_per_row           # which of the row's warps this is
+        me = part * WARP + lane               # this thread's rank among the row's threads
+        threads = warps_per_row * WARP
+
+        acc = float32(0.0)
+        if n < N:
+            body = K - K % VEC                # whole groups of 8; the rest is the tail
+            for k in range(me * VEC, body, threads * VEC):
+                xv = load(x, 0, k)
+                wv = load(w, n, k)
+                for j in range(VEC):
+                    acc += xv[j] * wv[j]
+            for k in range(body + me, K, threads):      # the tail: the last K % 8 values, one each
+                acc += float32(x[0, k]) * float32(w[n, k])
+
+        offset = WARP // 2                    # whole warps get here, rows past N too
+        while offset > 0:
+            acc += shfl_down(acc, offset)
+            offset //= 2
+        if lane == 0:
+            partial[warp] = acc
+        cuda.syncthreads()                    # every warp's sum is in place
+        if lane == 0 and part == 0 and n < N:
+            total = float32(0.0)
+            for p in range(warps_per_row):
+                total += partial[warp + p]
+            out[0, n] = total
+
+    return gemv_kernel
+
+
+gemv_wide = make_gemv_kernel(load8_wide)  # rows (and x) start on 16-byte boundaries
+gemv_any = make_gemv_kernel(load8)        # any alignment, any strides
 
 
 @cuda.jit
@@ -65,13 +98,25 @@ def gemm_kernel(x, w, out, M, N, K):
         out[row, col] = acc
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: int = 128) -> torch.Tensor:
+def gemv_warps_per_row(N: int, K: int, warps: int) -> int:
+    """A warp per row is enough for a tall matrix; a short one (N = 512) would keep only a few
+    hundred warps busy: too few loads in flight to keep memory busy. Split each row's k over
+    more warps until about BUSY_WARPS run, keeping at least two 8-wide steps per lane."""
+    split = 1
+    while split < warps and N * split < BUSY_WARPS and K >= 2 * (2 * split) * WARP * VEC:
+        split *= 2
+    return split
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: int = 128,
+           warps_per_row: int | None = None) -> torch.Tensor:
     """y = x @ w.T for x [T, in], w [out, in] -> [T, out] in x's dtype, fp32 accumulation.
 
     path "auto" takes GEMV for T == 1 and GEMM otherwise; "gemv" (T must be 1) and "gemm"
-    force one. block_size is GEMV's threads per row (a power of two <= 1024); GEMM uses
-    TILE x TILE blocks. Raise ValueError (one line) for shapes that do not fit, dtypes that
-    differ, an unknown path, or a bad block_size.
+    force one. GEMV: block_size threads per block (a power of two from 32 to 1024), and
+    warps_per_row warps per output row (a power of two <= block_size // 32; None picks one
+    from the shape). GEMM uses TILE x TILE blocks. Raise ValueError (one line) for shapes that
+    do not fit, dtypes that differ, an unknown path, or a bad launch configuration.
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear: need x [T, in] and w [out, in] with the same `in`, "
@@ -80,8 +125,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: 
         raise ValueError(f"linear: x is {x.dtype} but w is {w.dtype}; cast one so they match")
     if path not in ("auto", "gemv", "gemm"):
         raise ValueError(f"linear: path must be 'auto', 'gemv' or 'gemm', got {path!r}")
-    if block_size < 1 or block_size > MAX_BLOCK or block_size & (block_size - 1):
-        raise ValueError(f"linear: block_size must be a power of two <= {MAX_BLOCK}, got {block_size}")
+    if block_size < WARP or block_size > WARP * MAX_WARPS or block_size & (block_size - 1):
+        raise ValueError(f"linear: block_size must be a power of two from {WARP} to {WARP * MAX_WARPS}, "
+                         f"got {block_size}")
+    warps = block_size // WARP
+    if warps_per_row is not None and (warps_per_row < 1 or warps_per_row > warps
+                                      or warps_per_row & (warps_per_row - 1)):
+        raise ValueError(f"linear: warps_per_row must be a power of two <= block_size // {WARP} = {warps}, "
+                         f"got {warps_per_row}")
     T, K = x.shape
     N = w.shape[0]
     if path == "gemv" and T != 1:
@@ -91,9 +142,13 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: 
     if T == 0 or N == 0:
         return out
     if K == 0:
-        return out.zero_()
+        return out.zero_()                # an empty sum: nothing for a kernel to add
     if path == "gemv" or (path == "auto" and T == 1):
-        gpu.launch(gemv_kernel, N, block_size, x, w, out, K)
+        split = warps_per_row or gemv_warps_per_row(N, K, warps)
+        # 16-byte loads need every row of w, and x, to start on a 16-byte boundary
+        wide = (x.dtype in (torch.float16, torch.float32) and x.is_contiguous() and w.is_contiguous()
+                and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0 and K * x.element_size() % 16 == 0)
+        gpu.launch(gemv_wide if wide else gemv_any, gpu.cdiv(N, warps // split), block_size, x, w, out, K, split)
     else:
         gpu.launch(gemm_kernel, (gpu.cdiv(N, TILE), gpu.cdiv(T, TILE)), (TILE, TILE), x, w, out, T, N, K)
     return out

@@ -3,7 +3,6 @@
 Lesson: notes/day_22_benchmark.md        Check: pytest checkers/day_22
 Run it on every engine and HF: `tinyinfer bench` (shared/bench.py calls your benchmark()).
 """
-import contextlib
 import sys
 import time
 
@@ -40,17 +39,6 @@ def launch_overhead_s(samples: int = 20) -> float:
     return (time.perf_counter() - t) / samples
 
 
-@contextlib.contextmanager
-def _ignoring_eos(engine):
-    """Every run makes exactly the tokens asked for; the engine's EOS ids come back afterwards."""
-    saved = list(engine.tokenizer.eos_token_ids)
-    engine.tokenizer.eos_token_ids = []
-    try:
-        yield
-    finally:
-        engine.tokenizer.eos_token_ids = saved
-
-
 def _generate(engine, ids, n):
     """One generation -> (engine.stats, kernel launches made for each new token).
 
@@ -58,7 +46,7 @@ def _generate(engine, ids, n):
     between two yielded tokens belong to the later token.
     """
     per_token, seen = [], gpu.LAUNCHES
-    for _ in engine.generate_ids(ids, max_new_tokens=n):
+    for _ in engine.generate_ids(ids, max_new_tokens=n, ignore_eos=True):
         per_token.append(gpu.LAUNCHES - seen)
         seen = gpu.LAUNCHES
     if len(per_token) != n:
@@ -71,7 +59,7 @@ def benchmark(engine, *, prompt_tokens: int = 16, new_tokens: int = 8, context_l
     """Measure one engine (an Engine, or a zero-argument factory that builds one); returns a flat dict.
 
     Timings come from engine.stats after engine.generate_ids (the engine syncs every token when
-    it samples); EOS is ignored so each run makes exactly the tokens asked for. Keys:
+    it samples); every run asks for ignore_eos=True, so it makes exactly the tokens asked for. Keys:
     prompt_tokens, new_tokens, warmup; ttft_s, prefill_tok_s (= prompt_tokens / ttft_s),
     decode_tok_s (= engine.stats.decode_tok_s), ms_per_token -- all from the main run;
     decode_vs_context: [{"context", "decode_tok_s", "ms_per_token"}] one per context length;
@@ -95,24 +83,23 @@ def benchmark(engine, *, prompt_tokens: int = 16, new_tokens: int = 8, context_l
     from tqdm import tqdm
     out = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "warmup": warmup,
            "decode_vs_context": [], "prefill_vs_prompt": []}
-    with _ignoring_eos(engine):
-        for _ in range(warmup):            # JIT compilation and caches, not measured
-            _generate(engine, synthetic_prompt(vocab, min(8, prompt_tokens)), 2)
-        if on_cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        for kind, n, new in tqdm(runs, desc="benchmark", disable=not progress, file=sys.stderr):
-            stats, launches = _generate(engine, synthetic_prompt(vocab, n), new)
-            if kind == "main":
-                out.update(ttft_s=stats.ttft_s, prefill_tok_s=n / stats.ttft_s, decode_tok_s=stats.decode_tok_s,
-                           ms_per_token=1e3 / stats.decode_tok_s,
-                           launches_per_token=sum(launches[1:]) / len(launches[1:]))   # decode steps only
-            elif kind == "context":
-                out["decode_vs_context"].append({"context": n, "decode_tok_s": stats.decode_tok_s,
-                                                 "ms_per_token": 1e3 / stats.decode_tok_s})
-            else:
-                out["prefill_vs_prompt"].append({"prompt_tokens": n, "prefill_s": stats.ttft_s,
-                                                 "prefill_tok_s": n / stats.ttft_s})
+    for _ in range(warmup):            # JIT compilation and caches, not measured
+        _generate(engine, synthetic_prompt(vocab, min(8, prompt_tokens)), 2)
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for kind, n, new in tqdm(runs, desc="benchmark", disable=not progress, file=sys.stderr):
+        stats, launches = _generate(engine, synthetic_prompt(vocab, n), new)
+        if kind == "main":
+            out.update(ttft_s=stats.ttft_s, prefill_tok_s=n / stats.ttft_s, decode_tok_s=stats.decode_tok_s,
+                       ms_per_token=1e3 / stats.decode_tok_s,
+                       launches_per_token=sum(launches[1:]) / len(launches[1:]))   # decode steps only
+        elif kind == "context":
+            out["decode_vs_context"].append({"context": n, "decode_tok_s": stats.decode_tok_s,
+                                             "ms_per_token": 1e3 / stats.decode_tok_s})
+        else:
+            out["prefill_vs_prompt"].append({"prompt_tokens": n, "prefill_s": stats.ttft_s,
+                                             "prefill_tok_s": n / stats.ttft_s})
     out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated() if on_cuda else 0
     out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved() if on_cuda else 0
     out["launch_overhead_s"] = launch_overhead_s(launch_samples)

@@ -1,0 +1,108 @@
+"""Make Numba's CUDA simulator refuse a barrier that not every thread of the block reaches.
+
+On a GPU, `cuda.syncthreads()` inside `if tid < s:` is undefined behaviour: it may hang, or
+pass today and fail on the next GPU. Numba's simulator silently lets it through: its block
+manager releases a barrier as soon as every *live* thread waits at *some* barrier, so threads
+that exited or wait at another barrier are not noticed. This module replaces the simulator's
+block loop with the same loop plus one check at each release:
+
+- every waiting thread is at its n-th barrier (the same count) and at the same call site, and
+- no thread of the block finished with fewer than n barriers.
+
+Otherwise the launch fails at once with BarrierDivergence. `install()` is called by
+shared.runtime.gpu in the sim tier; it never touches the GPU path.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+MESSAGE = "cuda.syncthreads() not reached by every thread of the block: a barrier inside an `if`?"
+
+
+class BarrierDivergence(RuntimeError):
+    """Threads of one block disagree about which barrier they are at."""
+
+
+def _call_site(skip: str) -> str:
+    """file:line of the first frame outside the simulator: where the kernel called the barrier."""
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(skip):
+        f = f.f_back
+    return "?" if f is None else f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
+
+
+def _divergence(threads, blocked) -> str | None:
+    """A one-line description of the disagreement at this release, or None if all agree."""
+    waiting = {(t.barriers, t.barrier_site) for t in blocked}
+    n, site = min(waiting)
+    if len(waiting) > 1:
+        where = ", ".join(f"{s} (barrier #{k})" for k, s in sorted(waiting))
+        return f"{MESSAGE} (threads of one block wait at different barriers: {where})"
+    gone = [t for t in threads if not t.is_alive() and t not in blocked and getattr(t, "barriers", 0) < n]
+    if gone:
+        t = gone[0]
+        return (f"{MESSAGE} (block {tuple(t.blockIdx)}: {len(blocked)} threads wait at {site}, "
+                f"thread {tuple(t.threadIdx)} and {len(gone) - 1} more finished without reaching it)")
+    return None
+
+
+def install() -> None:
+    """Patch the simulator's thread and block classes (idempotent)."""
+    import numpy as np
+    from numba.cuda.simulator import kernel as sim
+
+    if getattr(sim.BlockManager, "_tinyinfer_checked", False):
+        return
+    skip = os.path.dirname(sim.__file__)
+    plain_sync = sim.BlockThread.syncthreads
+
+    def syncthreads(self):
+        self.barriers = getattr(self, "barriers", 0) + 1
+        self.barrier_site = _call_site(skip)
+        plain_sync(self)
+
+    def run(self, grid_point, *args):
+        """numba's BlockManager.run (same polling loop), with the divergence check at each release."""
+        threads, live, blocked = [], set(), set()
+        for block_point in np.ndindex(*self._block_dim):
+            t = sim.BlockThread(lambda: self._f(*args), self, grid_point, block_point, self._debug)
+            t.start()
+            threads.append(t)
+            live.add(t)
+        while live:
+            for t in live:
+                if t.syncthreads_blocked:
+                    blocked.add(t)
+                elif t.exception:
+                    _abort(threads)
+                    raise t.exception[0].with_traceback(t.exception[1])
+            if live == blocked:
+                failed = next((t for t in threads if t.exception), None)
+                if failed is not None:      # a thread that raised is not a divergence: report its error
+                    _abort(threads)
+                    raise failed.exception[0].with_traceback(failed.exception[1])
+                problem = _divergence(threads, blocked)
+                if problem:
+                    _abort(threads)
+                    raise BarrierDivergence(problem)
+                for t in blocked:
+                    t.syncthreads_blocked = False
+                    t.syncthreads_event.set()
+                blocked = set()
+            live = {t for t in live if t.is_alive()}
+        for t in threads:
+            if t.exception:
+                raise t.exception[0].with_traceback(t.exception[1])
+
+    sim.BlockThread.syncthreads = syncthreads
+    sim.BlockManager.run = run
+    sim.BlockManager._tinyinfer_checked = True
+
+
+def _abort(threads) -> None:
+    """Wake every waiting thread with its abort flag set, as the simulator does on an exception."""
+    for t in threads:
+        t.abort = True
+        t.syncthreads_blocked = False
+        t.syncthreads_event.set()
