@@ -35,12 +35,13 @@ def decode_attention_kernel(q, k_cache, v_cache, cache_len, out, scores, group, 
     """
     # TODO(day 20): h = blockIdx.x, kv = h // group, n = min(cache_len[0], max_seq);
     # stage q[h] in shared memory as float32 (barrier); pass 1: scores + local max, block max;
-    # pass 2: exp(s - max) + local sum, block sum; pass 3: threads over d, sum_j e_j * v[kv, j, d] / sum.
+    # pass 2: exp(s - max) + local sum, block sum; pass 3: thread (g, d) = divmod(tid, hd) sums
+    # e_j * v[kv, j, d] over keys j = g, g + groups, ...; barrier; group 0 adds the groups, / sum.
     pass
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cache_len: torch.Tensor, *, block_size: int = 128) -> torch.Tensor:
+                     cache_len: torch.Tensor, *, block_size: int = 256) -> torch.Tensor:
     """Attention of one new token: q [H, hd] over the first cache_len[0] positions of [KV, max_seq, hd].
 
     cache_len stays on the device and is read inside the kernel (no .item(), no host sync), so a

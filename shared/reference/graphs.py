@@ -5,6 +5,7 @@ reference is the oracle, and what day 20's benchmark replays its cached path wit
 """
 from __future__ import annotations
 
+import gc
 from typing import Callable
 
 import torch
@@ -55,7 +56,11 @@ class DecodeGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()   # one memory pool shared by all the graphs
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
-            out = self.step(batch_size, bucket)
+        gc.disable()               # no finalizer may free CUDA memory while the stream is capturing
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
+                out = self.step(batch_size, bucket)
+        finally:
+            gc.enable()
         self.captures += 1
         return graph, out

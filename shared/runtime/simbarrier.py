@@ -32,14 +32,18 @@ def _call_site(skip: str) -> str:
     return "?" if f is None else f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
 
 
-def _divergence(threads, blocked) -> str | None:
-    """A one-line description of the disagreement at this release, or None if all agree."""
-    waiting = {(t.barriers, t.barrier_site) for t in blocked}
-    n, site = min(waiting)
-    if len(waiting) > 1:
-        where = ", ".join(f"{s} (barrier #{k})" for k, s in sorted(waiting))
+def _divergence(threads, blocked, someone_left: bool) -> str | None:
+    """A one-line description of the disagreement at this release, or None if all agree.
+    Runs at every barrier of every block, so the common case (all agree) is one pass."""
+    first = next(iter(blocked))
+    n, site = first.barriers, first.barrier_site
+    if any(t.barriers != n or t.barrier_site != site for t in blocked):
+        sites = sorted({(t.barriers, t.barrier_site) for t in blocked})
+        where = ", ".join(f"{s} (barrier #{k})" for k, s in sites)
         return f"{MESSAGE} (threads of one block wait at different barriers: {where})"
-    gone = [t for t in threads if not t.is_alive() and t not in blocked and getattr(t, "barriers", 0) < n]
+    if not someone_left:
+        return None
+    gone = [t for t in threads if t not in blocked and not t.is_alive() and getattr(t, "barriers", 0) < n]
     if gone:
         t = gone[0]
         return (f"{MESSAGE} (block {tuple(t.blockIdx)}: {len(blocked)} threads wait at {site}, "
@@ -78,11 +82,12 @@ def install() -> None:
                     _abort(threads)
                     raise t.exception[0].with_traceback(t.exception[1])
             if live == blocked:
-                failed = next((t for t in threads if t.exception), None)
-                if failed is not None:      # a thread that raised is not a divergence: report its error
+                someone_left = len(live) < len(threads)
+                failed = someone_left and next((t for t in threads if t.exception), None)
+                if failed:                  # a thread that raised is not a divergence: report its error
                     _abort(threads)
                     raise failed.exception[0].with_traceback(failed.exception[1])
-                problem = _divergence(threads, blocked)
+                problem = _divergence(threads, blocked, someone_left)
                 if problem:
                     _abort(threads)
                     raise BarrierDivergence(problem)

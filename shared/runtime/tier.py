@@ -45,4 +45,7 @@ def select() -> str:
             raise RuntimeError(f"numba was imported before the tier ({tier}) was chosen; "
                                "import shared.runtime.tier and call select() first")
     os.environ["NUMBA_ENABLE_CUDASIM"] = want
+    # Kernels run on torch's current stream, so numba need not synchronize a stream when it
+    # imports a tensor through __cuda_array_interface__ -- and a sync would break graph capture.
+    os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
     return tier

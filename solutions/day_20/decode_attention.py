@@ -76,15 +76,34 @@ def decode_attention_kernel(q, k_cache, v_cache, cache_len, out, scores, group, 
     total = block_reduce(local_sum, red, False)   # its barriers also publish every scores[h, j]
 
     inv = float32(1.0) / total if total > 0 else float32(0.0)
-    for d in range(tid, hd, nthreads):           # threads over the head dim: coalesced V rows
-        acc = float32(0.0)
-        for j in range(n):
-            acc += scores[h, j] * float32(v_cache[kv, j, d])
-        out[h, d] = acc * inv
+    # Pass 3: threads split the head dim AND the keys. With hd <= blockDim, the block holds
+    # `groups` copies of the head dim; group g sums keys g, g + groups, ... (a serial loop over
+    # all n keys per thread would leave most of the block idle), then group 0 adds the groups up.
+    groups = max(nthreads // hd, 1)
+    g, d0 = tid // hd, tid % hd
+    acc = float32(0.0)
+    if g < groups:
+        for d in range(d0, hd, nthreads):        # d0 only, unless the head dim is wider than the block
+            part = float32(0.0)
+            for j in range(g, n, groups):         # coalesced: neighbouring threads, neighbouring d
+                part += scores[h, j] * float32(v_cache[kv, j, d])
+            if d == d0:
+                acc = part
+            else:
+                out[h, d] = part * inv           # hd > blockDim: one group, no cross-group sum
+    red[tid] = acc
+    cuda.syncthreads()                            # every group's partial sum is in red
+    if groups > 1 and tid < hd:
+        total_d = float32(0.0)
+        for k in range(groups):
+            total_d += red[k * hd + tid]
+        out[h, tid] = total_d * inv
+    elif groups == 1 and tid < min(hd, nthreads):
+        out[h, tid] = acc * inv
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cache_len: torch.Tensor, *, block_size: int = 128) -> torch.Tensor:
+                     cache_len: torch.Tensor, *, block_size: int = 256) -> torch.Tensor:
     """Attention of one new token: q [H, hd] over the first cache_len[0] positions of [KV, max_seq, hd].
 
     cache_len stays on the device and is read inside the kernel (no .item(), no host sync), so a

@@ -10,6 +10,7 @@ the caller writes new values into those buffers before each replay.
 """
 from __future__ import annotations
 
+import gc
 from typing import Callable
 
 import torch
@@ -66,7 +67,11 @@ class DecodeGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
-            out = self.step(batch_size, bucket)   # recorded, not run: `out` is filled by each replay
+        gc.disable()               # no finalizer may free CUDA memory while the stream is capturing
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
+                out = self.step(batch_size, bucket)   # recorded, not run: each replay fills `out`
+        finally:
+            gc.enable()
         self.captures += 1
         return graph, out
