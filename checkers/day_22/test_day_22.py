@@ -112,6 +112,9 @@ def test_fake_engine_numbers_are_exact(day):
     assert eng.tokenizer.eos_token_ids == [FakeEngine.EOS], "benchmark must not change the engine's EOS ids"
     measured = {(P, N)} | {(c, N) for c in SMALL["context_lengths"]} | {(p, 1) for p in SMALL["prompt_lengths"]}
     assert measured <= set(eng.calls), f"runs made {sorted(set(eng.calls))}, expected at least {sorted(measured)}"
+    first_measured = eng.calls.index((P, N))
+    assert first_measured >= SMALL["warmup"], (f"warmup={SMALL['warmup']}: {first_measured} generation(s) ran before "
+                                               "the first measured one -- warm up first (the first runs compile kernels)")
 
 
 def test_a_factory_works_too(day):

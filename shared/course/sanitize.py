@@ -62,9 +62,9 @@ def _day_10(m, device):
 
 def _day_11(m, device):
     torch, randn = _tensors(device)
-    w = randn(40, 200, dtype=torch.float16)
-    m.linear(randn(1, 200, dtype=torch.float16), w)          # GEMV
-    m.linear(randn(5, 200, dtype=torch.float16), w)          # GEMM
+    w = randn(6, 1024, dtype=torch.float16)        # K = 1024: two warps share each row of the GEMV
+    m.linear(randn(1, 1024, dtype=torch.float16), w, block_size=64)   # GEMV
+    m.linear(randn(5, 200, dtype=torch.float16), w[:, :200])          # GEMM
 
 
 def _day_13(m, device):
