@@ -151,22 +151,16 @@ def _prompt_sets(engine):
 
 
 @pytest.mark.gpu
-def test_graph_equals_eager_on_the_tiny_model(day, tiny_model, track):
-    eager, graphed = _engine(day, tiny_model, track, False), _engine(day, tiny_model, track, True)
+@pytest.mark.parametrize("model", ["tiny_model", pytest.param("smollm2", marks=pytest.mark.model)])
+def test_graph_equals_eager_token_for_token(day, track, request, model):
+    """128 greedy tokens with graphs and without, on a short prompt, French with an emoji, the chat
+    template and a prompt over 512 tokens (where the model's context allows)."""
+    path = request.getfixturevalue(model)
+    eager, graphed = _engine(day, path, track, False), _engine(day, path, track, True)
     for ids in _prompt_sets(eager):
         a = list(eager.generate_ids(ids, max_new_tokens=128, ignore_eos=True))
         b = list(graphed.generate_ids(ids, max_new_tokens=128, ignore_eos=True))
-        assert a == b, f"graph replay differs from eager for a {len(ids)}-token prompt"
-
-
-@pytest.mark.gpu
-@pytest.mark.model
-def test_graph_equals_eager_on_smollm2(day, smollm2, track):
-    eager, graphed = _engine(day, smollm2, track, False), _engine(day, smollm2, track, True)
-    for ids in _prompt_sets(eager):
-        a = list(eager.generate_ids(ids, max_new_tokens=128, ignore_eos=True))
-        b = list(graphed.generate_ids(ids, max_new_tokens=128, ignore_eos=True))
-        assert a == b, f"graph replay differs from eager for a {len(ids)}-token prompt"
+        assert a == b, f"graph replay differs from eager for a {len(ids)}-token prompt ({model})"
 
 
 def _decode_tok_s(engine, ids, n):

@@ -21,11 +21,11 @@ class Capabilities:
     cache: bool
     graphs: bool
 
-    def describe(self) -> str:
+    def describe(self, dtype: str | None = None) -> str:
         where = "PyTorch reference on the CPU" if self.reference_only else \
             f"{self.track} track on the {'GPU' if self.tier == 'gpu' else 'CUDA simulator'}"
         how = "static KV cache" if self.cache else "prefix recompute (no KV cache)"
-        return f"{where}, {how}" + (", CUDA graphs" if self.graphs else "")
+        return f"{where}, " + (f"{dtype}, " if dtype else "") + how + (", CUDA graphs" if self.graphs else "")
 
 
 def capabilities(track: str | None = None, tier: str | None = None, simulate: bool = False) -> Capabilities:

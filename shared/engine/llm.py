@@ -9,7 +9,7 @@ decode step once day 23 is finished and a GPU is present. The per-step work is t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -18,7 +18,7 @@ from shared import models
 from shared.course.registry import Ops, default_track
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.capabilities import capabilities
-from shared.engine.runner import ModelRunner
+from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
 
 
@@ -69,12 +69,9 @@ class Engine:
         self.stats = Stats()
 
     def describe(self) -> str:
-        """What the engine runs on, for `tinyinfer status` and the generate footer."""
-        where = "PyTorch reference on the CPU" if self.reference_only else \
-            f"{self.track} track on the {'GPU' if self.on_gpu else 'CUDA simulator'}"
-        return f"{where}, {str(self.dtype).removeprefix('torch.')}, " + \
-            ("static KV cache" if self.use_cache else "prefix recompute (no KV cache)") + \
-            (", CUDA graphs" if self.use_cache and self.use_graphs else "")
+        """What the engine runs on now (its modes may differ from the track's capabilities)."""
+        now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs)
+        return now.describe(str(self.dtype).removeprefix("torch."))
 
     def runner(self, max_len: int) -> ModelRunner:
         """One runner per mode, kept across generations so its buffers and graphs are reused.
@@ -109,7 +106,6 @@ class Engine:
         if seq.max_len > self.max_seq:
             raise ValueError(f"prompt ({len(seq.prompt_ids)}) + max_new_tokens ({p.max_tokens}) = {seq.max_len} "
                              f"exceeds the context limit {self.max_seq}")
-        from shared.engine.runner import check_ids
         check_ids(seq.prompt_ids, self.config.vocab_size)
         return self._run(seq)
 
