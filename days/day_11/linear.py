@@ -12,7 +12,7 @@ import torch
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-from .loads import load8, load8_wide, shfl_down
+from shared.runtime.vector_loads import load8, load8_wide, shfl_down
 
 WARP = 32
 VEC = 8              # GEMV: each lane takes 8 consecutive k per step (16 bytes of fp16)

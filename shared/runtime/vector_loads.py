@@ -1,4 +1,4 @@
-"""Day 11 -- two given helpers for the GEMV kernel, so the same kernel runs in both tiers.
+"""Vector loads and a warp shuffle for day 11's GEMV, given to the learner, so one kernel runs in both tiers.
 
 - `load8(a, row, k)`: a[row, k : k + 8] as eight float32 values, element by element: eight
   independent loads, any alignment, any strides.
