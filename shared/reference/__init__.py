@@ -1,12 +1,15 @@
-"""The PyTorch reference for every component the engine needs through generation with a static
-KV cache. Same names and call signatures as the days that provide them (see syllabus.toml)."""
+"""The PyTorch reference for every component the engine needs: generation with a static or paged
+KV cache, flash attention. Same names and call signatures as the days that provide them (see
+syllabus.toml)."""
 from shared.reference.generation import KVCache, generate
 from shared.reference.graphs import DecodeGraphs
 from shared.reference.loading import load_config, load_model, load_safetensors
 from shared.reference.model import forward, mlp
 from shared.reference.ops import (attention, decode_attention, embedding, kv_write, linear, matmul,
-                                  rmsnorm, rope, rope_frequencies, row_max, row_sum, sample, silu,
-                                  silu_mul, softmax, vector_add)
+                                  online_softmax, paged_decode_attention, paged_kv_write, rmsnorm, rope,
+                                  rope_frequencies, row_max, row_sum, sample, silu, silu_mul, softmax,
+                                  vector_add)
+from shared.reference.paged import BlockAllocator
 from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
@@ -15,4 +18,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
            "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
-           "summary", "benchmark", "DecodeGraphs"]
+           "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
+           "paged_decode_attention", "BlockAllocator"]

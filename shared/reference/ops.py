@@ -183,3 +183,58 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     scores = scores.masked_fill(~valid, float("-inf"))
     vf = vf.masked_fill(~valid[:, :, None], 0.0)                        # 0 * garbage in the tail stays 0
     return (torch.softmax(scores, dim=-1)[:, None, :] @ vf)[:, 0].to(q.dtype)
+
+
+# ---- Phase 4: flash attention -----------------------------------------------------------------
+def online_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim of [rows, cols], the same numbers as `softmax` (a row that is all
+    -inf gives zeros). Day 24 computes it with one pass for the running max and sum (Milakov and
+    Gimelshein 2018) instead of two; the result is the same up to rounding."""
+    return softmax(x)
+
+
+# ---- Phase 5: the paged KV cache ---------------------------------------------------------------
+def paged_kv_write(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """Scatter k, v [T, KV, hd] into one layer's pools [num_blocks, KV, block_size, hd].
+
+    slot_mapping: int32 [T] on the device; token t goes to block slot // block_size, offset
+    slot % block_size. A slot < 0 is padding: that token is not written.
+    """
+    bs = k_pool.shape[2]
+    slots = slot_mapping.long()
+    keep = slots >= 0
+    blocks, offsets = (slots // bs)[keep], (slots % bs)[keep]
+    k_pool[blocks, :, offsets] = k[keep].to(k_pool.dtype)
+    v_pool[blocks, :, offsets] = v[keep].to(v_pool.dtype)
+
+
+def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
+    """One new query per sequence and head over that sequence's paged cache.
+
+    q [B, H, hd]; pools [num_blocks, KV, block_size, hd]; block_tables int32 [B, max_blocks]
+    (sequence b's position p lives in block block_tables[b, p // block_size], offset
+    p % block_size; entries past its last block are ignored); context_lens int32 [B] = how many
+    positions of sequence b are valid (its new token included; 0 gives zeros). Both stay on the
+    device, so a CUDA graph can replay the step. Returns [B, H, hd] in q's dtype.
+    """
+    B, H, hd = q.shape
+    _, KV, bs, _ = k_pool.shape
+    max_blocks = block_tables.shape[1]
+    S = max_blocks * bs
+    pos = torch.arange(S, device=q.device)
+    valid = pos[None, :] < context_lens.reshape(B, 1).long().to(q.device)              # [B, S]
+    table = block_tables.long().clamp(0, k_pool.shape[0] - 1)                          # unused entries: any block
+    blocks = table[:, pos // bs]                                                       # [B, S]
+    k = k_pool[blocks, :, pos % bs].float().transpose(1, 2)                           # [B, KV, S, hd]
+    v = v_pool[blocks, :, pos % bs].float().transpose(1, 2)
+    k = k.repeat_interleave(H // KV, dim=1)                                            # [B, H, S, hd]
+    v = v.repeat_interleave(H // KV, dim=1).masked_fill(~valid[:, None, :, None], 0.0)
+    scores = (k @ q.float()[..., None])[..., 0] / math.sqrt(hd)                        # [B, H, S]
+    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+    m = scores.amax(dim=-1, keepdim=True)
+    e = torch.exp(scores - torch.where(torch.isinf(m), torch.zeros_like(m), m))
+    s = e.sum(dim=-1, keepdim=True)
+    p = torch.where(s > 0, e / s, torch.zeros_like(e))
+    return (p[:, :, None, :] @ v)[:, :, 0].to(q.dtype)
