@@ -191,7 +191,8 @@ def cmd_generate(args) -> int:
     from shared.engine import SamplingParams   # bad sampling flags: one line before any model loads
     SamplingParams(args.temperature, args.top_k, args.top_p, args.max_new_tokens, seed=args.seed)
     engine = Engine(args.model, track=args.track, dtype=args.dtype, use_cache=False if args.no_cache else None,
-                    simulate=args.simulate, graphs=False if args.no_graph else None)
+                    simulate=args.simulate, graphs=False if args.no_graph else None,
+                    paged=False if args.no_paged else None, block_size=args.block_size, num_blocks=args.num_blocks)
     print(f"[{engine.describe()}]", file=sys.stderr)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed)
@@ -334,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
     s.add_argument("--no-graph", action="store_true", help="launch every kernel from Python (no CUDA graphs)")
+    s.add_argument("--no-paged", action="store_true", help="a static KV cache instead of the paged one (day 31)")
+    s.add_argument("--block-size", type=int, default=16, help="tokens per KV block of the paged cache")
+    s.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the paged pool (default: sized "
+                   "from the request, like the static cache)")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model)")
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("bench", help="benchmark the engine against HF transformers (JSON, Markdown, plots)")
@@ -355,6 +360,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from jinja2.exceptions import TemplateError
+    from shared.engine.errors import OutOfBlocksError
     from shared.models import ModelError
     try:
         return args.fn(args) or 0
@@ -364,10 +370,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 0
     except (UsageError, ModelError, ValueError, LookupError, OSError, RecursionError, OverflowError,
-            struct.error, TemplateError) as e:
+            struct.error, TemplateError, OutOfBlocksError) as e:
         text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         msg = text.strip().splitlines()[0] if text.strip() else ""
-        if not msg or not isinstance(e, (UsageError, ModelError, ValueError, LookupError, FileNotFoundError)):
+        ours = (UsageError, ModelError, ValueError, LookupError, FileNotFoundError, OutOfBlocksError)
+        if not msg or not isinstance(e, ours):
             msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__  # not ours: name the kind
         print(f"tinyinfer: error: {msg}", file=sys.stderr)
         return 2

@@ -198,10 +198,10 @@ def _timed_generate(engine, ids, n):
 def test_bench_cached_vs_recompute(day, track, smollm2):
     """The point of the cache: each new token costs one token's work, not the whole prefix's.
     The cached path replays its decode step from a CUDA graph (day 23's idea, reference graphs
-    here): eager, both loops pay ~400 Python launches per token and the cache barely shows on a
-    short prompt -- that eager-vs-eager ratio is recorded too."""
+    here): eager, both loops pay ~400 Python launches per token and the cache barely shows -- that
+    eager-vs-eager ratio is recorded too."""
     from shared.engine import Engine
-    engine = Engine(str(smollm2), track=track, dtype="fp16", use_cache=True, graphs=False)
+    engine = Engine(str(smollm2), track=track, dtype="fp16", use_cache=True, graphs=False, paged=False)
     engine.ops = Ops(track, overrides={"decode_attention": day.decode_attention,
                                        "DecodeGraphs": reference.DecodeGraphs})
     short = engine.prompt_ids("Deep learning is")
@@ -220,6 +220,9 @@ def test_bench_cached_vs_recompute(day, track, smollm2):
     assert result["short_speedup_graphed_50"] >= 2, (
         f"cached + graphed decode is only {result['short_speedup_graphed_50']:.2f}x faster than recomputing the "
         "prefix for 50 tokens from 'Deep learning is': is every step re-running the whole prompt?")
-    assert result["long_speedup_eager_50"] >= 2, (
-        f"eager cached decode is only {result['long_speedup_eager_50']:.2f}x faster than recomputing a 1024-token "
-        "prefix: is every step re-running the whole prompt?")
+    # Eager, both loops are bound by ~400 Python launches per token, and with flash attention
+    # (days 25-26) a 1024-token recompute costs little more than a decode step: the eager ratio is
+    # recorded, the graphed one is the check.
+    assert result["long_speedup_graphed_50"] >= 2, (
+        f"cached + graphed decode is only {result['long_speedup_graphed_50']:.2f}x faster than recomputing a "
+        "1024-token prefix: is every step re-running the whole prompt?")

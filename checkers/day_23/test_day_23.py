@@ -17,8 +17,7 @@ from numba import cuda
 
 
 def _fresh_kernel():
-    """A kernel never launched before: its first launch compiles it, which a capture cannot do
-    (so a DecodeGraphs that skips the warm-up fails here)."""
+    """A kernel never launched before: its first launch compiles and loads it."""
     @cuda.jit
     def scale_shift(x, pos, out):
         i = cuda.grid(1)
@@ -47,6 +46,21 @@ class ToyStep:
         self.x.copy_(randn(self.x.shape[0], device=self.x.device, seed=seed))
         self.pos.fill_(position)
         return self.x * 2.0 + position
+
+
+class LazyStep(ToyStep):
+    """A step whose first call does one-time setup that waits for the GPU, as a library creating
+    its handle on first use may: a capture cannot contain that, so it must happen in the warm-up."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.ready = False
+
+    def __call__(self, batch_size, bucket):
+        if not self.ready:
+            torch.cuda.synchronize()
+            self.ready = True
+        return super().__call__(batch_size, bucket)
 
 
 @pytest.mark.parametrize("max_len,min_bucket,cases", [
@@ -129,6 +143,20 @@ def test_one_capture_per_key_and_replay_after_the_buffers_change(day, device):
     assert graphs.captures == 3, (f"{graphs.captures} captures for keys (1,16), (1,32), (2,16): capture once "
                                   "per new (batch size, bucket), replay otherwise")
     assert len(graphs.graphs) == 3
+
+
+@pytest.mark.gpu
+def test_one_time_setup_happens_in_the_warm_up(day, device):
+    """The first call of a step may do things a capture forbids: warm up before capturing."""
+    step = LazyStep(device)
+    graphs = day.DecodeGraphs(step, max_len=64, min_bucket=16)
+    want = step.set(seed=1, position=3)
+    try:
+        out = graphs.run(1, 5)
+    except RuntimeError as e:
+        pytest.fail(f"the first capture failed ({str(e).splitlines()[0]}): run step() a few times on the side "
+                    "stream before capturing, so one-time setup happens outside the capture")
+    assert_close(out, want, "run(1, 5) after the warm-up", atol=1e-6, rtol=1e-6)
 
 
 def _engine(day, model, track, graphs):

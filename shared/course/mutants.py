@@ -22,7 +22,8 @@ times, or an edit that does not leave valid Python, is an error: mutants never r
 Run: `tinyinfer mutants [DAY ...]` or `python -m shared.course.mutants [DAY ...]`. Each mutant
 patches a temporary copy of solutions/, and the day's checker runs against it with
 `--track solutions` in a subprocess (the copy first on the import path). Exit code 1 if any
-mutant survived. `--check` only validates the files (fast); `--shard I/N` runs every N-th mutant.
+mutant survived. `--check` only validates the files (fast); `--shard I/N` runs every N-th mutant;
+`--gpu-only` runs only the mutants marked `tier = "gpu"` (on a GPU).
 """
 from __future__ import annotations
 
@@ -244,11 +245,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the mutants and what each one gets wrong")
     p.add_argument("--shard", help="run only mutants I, I+N, I+2N, ... (I/N): a rotating CI subset")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mutant's checker run")
+    p.add_argument("--gpu-only", action="store_true", help="only the mutants marked tier = \"gpu\" (the ones the "
+                   "sim tier cannot catch: run them on a GPU)")
 
 
 def main_args(args) -> int:
     days = [syllabus.parse_day(d).number for d in args.days] or None
     mutants = select(days, args.shard)
+    if args.gpu_only:
+        mutants = [m for m in mutants if m.tier == "gpu"]
     if args.list:
         for m in mutants:
             note = "  [GPU only]" if m.tier == "gpu" else ""

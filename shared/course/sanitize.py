@@ -90,8 +90,48 @@ def _day_20(m, device):
     m.decode_attention(randn(4, 16), randn(2, 40, 16), randn(2, 40, 16), cache_len, block_size=64)
 
 
+def _day_24(m, device):
+    torch, randn = _tensors(device)
+    x = randn(3, 300)
+    x[1, :150] = float("-inf")                      # a masked prefix: threads that saw only -inf merge
+    m.online_softmax(x, block_size=64)
+    m.online_softmax(randn(2, 77, dtype=torch.float16), block_size=128)   # more threads than columns
+
+
+def _day_25(m, device):
+    torch, randn = _tensors(device)
+    m.attention(randn(37, 4, 16), randn(45, 2, 16), randn(45, 2, 16), block_q=16, block_k=8)   # T < S, odd
+    m.attention(randn(5, 4, 16, dtype=torch.float16), randn(5, 2, 16, dtype=torch.float16),
+                randn(5, 2, 16, dtype=torch.float16))                                       # T < tile
+
+
+def _day_26(m, device):
+    torch, randn = _tensors(device)
+    q, k, v = (randn(19, 4, 64, dtype=torch.float16), randn(37, 2, 64, dtype=torch.float16),
+               randn(37, 2, 64, dtype=torch.float16))
+    m.attention(q, k, v, tensor_cores=False)           # CUDA-core kernel (P^T through shared memory)
+    m.attention(q, k, v, tensor_cores=True)            # mma kernel, tile 128 (8 warps)
+    m.attention(q, k, v, tensor_cores=True, tile=64)   # mma kernel, 4 warps
+
+
+def _day_27(m, device):
+    torch, randn = _tensors(device)
+    cache_len = torch.tensor([30], dtype=torch.int32, device=device)
+    m.decode_attention(randn(6, 24), randn(2, 41, 24), randn(2, 41, 24), cache_len, splits=3, block_size=32,
+                       merge_block=32)
+
+
+def _day_30(m, device):
+    torch, randn = _tensors(device)
+    tables = torch.tensor([[3, 0, 5, -1], [1, 4, -1, -1]], dtype=torch.int32, device=device)
+    lens = torch.tensor([11, 5], dtype=torch.int32, device=device)
+    m.paged_decode_attention(randn(2, 6, 24), randn(6, 2, 4, 24), randn(6, 2, 4, 24), tables, lens, splits=2,
+                             block_size=32, merge_block=32)
+
+
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
-             17: _day_17, 20: _day_20}
+             17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
+             27: _day_27, 30: _day_30}
 
 
 def exercise(day: int, track: str) -> None:

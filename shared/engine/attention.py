@@ -7,7 +7,9 @@ So a decode step captured in a CUDA graph replays at any length: the graph reads
 from the same address every time, and `prepare` changes the value there.
 - NoCache: recompute the prefix every step (day 18).
 - StaticCache: a [layers, KV, max_len, hd] cache (days 19 and 20).
-Later days add a paged backend beside these.
+- PagedCache: pools of fixed-size blocks and a block table (days 28-31); the engine takes it
+  from the registry (`ops.PagedCache`), like a kernel: shared/reference/paged.py or day 31.
+`release()` is called when a generation ends: a backend gives back what the sequence holds.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ class NoCache:
     def prepare(self, start: int, T: int) -> None:
         if start:
             raise ValueError("NoCache recomputes the whole prefix: start must be 0")
+
+    def release(self) -> None:
+        pass
 
     def __call__(self, layer, q, k, v, positions):
         return self.ops.attention(q, k, v)
@@ -45,6 +50,9 @@ class StaticCache:
         self.start, self.T = start, T
         self.cache_len.fill_(start + T)
         self.kv.length = start + T
+
+    def release(self) -> None:
+        pass                                    # the cache is the runner's, kept for the next sequence
 
     def __call__(self, layer, q, k, v, positions):
         ops, kc, vc = self.ops, self.kv.k[layer], self.kv.v[layer]

@@ -2,8 +2,9 @@
 
 It picks what to run from `capabilities(track)`: the PyTorch reference on the CPU when there is
 no GPU (unless `simulate=True`: the track's kernels in Numba's simulator, tiny model only); a
-static KV cache once `decode_attention` is finished, else prefix recompute; CUDA graphs for the
-decode step once day 23 is finished and a GPU is present. The per-step work is the runner's
+static KV cache once `decode_attention` is finished, else prefix recompute; a paged KV cache
+once day 31 is finished; CUDA graphs for the decode step once day 23 is finished and a GPU is
+present. The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from shared import models
 from shared.course.registry import Ops, default_track
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.capabilities import capabilities
+from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
 
@@ -39,7 +41,8 @@ class Stats:
 class Engine:
     def __init__(self, model: str | None = None, track: str | None = None, dtype: str | None = None,
                  use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
+                 num_blocks: int | None = None):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
@@ -64,26 +67,41 @@ class Engine:
         self.use_graphs = self.caps.graphs if graphs is None else graphs
         if self.use_graphs and not self.caps.graphs:
             raise ValueError("CUDA graphs need a GPU, a finished day 20 (the cache) and a finished day 23")
+        self.use_paged = self.caps.paged if paged is None else paged
+        if self.use_paged and not self.caps.paged:
+            raise ValueError("the paged KV cache needs a finished day 31")
+        if block_size < 1 or (num_blocks is not None and num_blocks < 1):
+            raise ValueError(f"block_size and num_blocks must be >= 1, got {block_size}, {num_blocks}")
+        self.block_size, self.num_blocks = block_size, num_blocks    # num_blocks None: sized like the static cache
         self.max_seq = min(max_seq or self.config.max_position_embeddings, self.config.max_position_embeddings)
         self._runners: dict = {}
         self.stats = Stats()
 
     def describe(self) -> str:
         """What the engine runs on now (its modes may differ from the track's capabilities)."""
-        now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs)
+        now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs,
+                      paged=self.use_cache and self.use_paged)
         return now.describe(str(self.dtype).removeprefix("torch."))
 
     def runner(self, max_len: int) -> ModelRunner:
         """One runner per mode, kept across generations so its buffers and graphs are reused.
-        The static cache is sized in powers of two (at least 1024): a longer request grows it once."""
-        key = ("cache", self.use_graphs) if self.use_cache else "recompute"
+        The cache is sized in powers of two (at least 1024): a longer request grows it once. A paged
+        pool of num_blocks (when given) is fixed: a request that outgrows it raises OutOfBlocksError."""
+        key = ("cache", self.use_graphs, self.use_paged) if self.use_cache else "recompute"
         r = self._runners.get(key)
-        if r is None or (self.use_cache and r.backend.max_len < max_len):
+        fixed = self.use_paged and self.num_blocks is not None
+        if r is None or (self.use_cache and not fixed and r.backend.max_len < max_len):
             if self.use_cache:
                 cap = 1024
                 while cap < max_len:
                     cap *= 2
-                backend = StaticCache(self.ops, self.config, min(cap, self.max_seq), self.dtype, self.device)
+                cap = min(cap, self.max_seq)
+                if self.use_paged:
+                    blocks = self.num_blocks or -(-cap // self.block_size)
+                    backend = self.ops.PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype,
+                                                  self.device)
+                else:
+                    backend = StaticCache(self.ops, self.config, cap, self.dtype, self.device)
             else:
                 backend = NoCache(self.ops)
             graphs = self.ops.DecodeGraphs if self.use_cache and self.use_graphs else None
@@ -124,15 +142,25 @@ class Engine:
         eos = () if p.ignore_eos else self.tokenizer.eos_token_ids
         self.stats = s = Stats(prompt_tokens=len(seq.prompt_ids))
         t0 = time.perf_counter()
-        for tok in ops.generate(runner.next_logits, seq.prompt_ids, max_new_tokens=p.max_tokens,
-                                eos_token_ids=eos, sample=sample):
-            now = time.perf_counter() - t0
-            seq.output_ids.append(tok)
-            s.token_times.append(now)
-            s.new_tokens += 1
-            s.ttft_s = s.ttft_s or now
-            s.total_s = now
-            yield tok
+        try:
+            for tok in ops.generate(runner.next_logits, seq.prompt_ids, max_new_tokens=p.max_tokens,
+                                    eos_token_ids=eos, sample=sample):
+                now = time.perf_counter() - t0
+                seq.output_ids.append(tok)
+                s.token_times.append(now)
+                s.new_tokens += 1
+                s.ttft_s = s.ttft_s or now
+                s.total_s = now
+                yield tok
+        except OutOfBlocksError as e:
+            b = runner.backend
+            need = -(-seq.max_len // b.block_size)
+            raise OutOfBlocksError(
+                f"out of KV blocks with {len(seq)} tokens in the sequence: this request ({seq.max_len} tokens) "
+                f"needs {need} blocks of {b.block_size}, {b.allocator.num_free} of the pool's {b.num_blocks} are free -- "
+                f"raise num_blocks (tinyinfer generate --num-blocks {need})") from e
+        finally:
+            runner.release()                      # a paged cache's blocks go back to the pool
 
     def prompt_ids(self, prompt: str, chat: bool = False) -> list[int]:
         if chat:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.engine.attention import NoCache, StaticCache
+from shared.engine.attention import NoCache
 
 
 def check_ids(ids, vocab_size: int) -> None:
@@ -29,11 +29,16 @@ class ModelRunner:
         self.ids_buf = torch.zeros(1, dtype=torch.int32, device=device)
         self.pos_buf = torch.zeros(1, dtype=torch.int32, device=device)
         self.graphs = None
-        if graphs_cls is not None and isinstance(backend, StaticCache):
+        if graphs_cls is not None and not isinstance(backend, NoCache):   # a static or paged cache
             self.graphs = graphs_cls(self._decode_step, max_len=backend.max_len)
 
     def reset(self) -> None:
         """A new sequence: forget what the cache holds (the buffers and graphs stay)."""
+        self.cached = 0
+
+    def release(self) -> None:
+        """The sequence is finished: the backend gives back what it holds (a paged cache's blocks)."""
+        self.backend.release()
         self.cached = 0
 
     def forward(self, ids: list[int], start: int, logits_at=slice(-1, None)) -> torch.Tensor:

@@ -9,7 +9,7 @@ from shared.reference.ops import (attention, decode_attention, embedding, kv_wri
                                   online_softmax, paged_decode_attention, paged_kv_write, rmsnorm, rope,
                                   rope_frequencies, row_max, row_sum, sample, silu, silu_mul, softmax,
                                   vector_add)
-from shared.reference.paged import BlockAllocator
+from shared.reference.paged import BlockAllocator, PagedCache
 from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
@@ -19,4 +19,4 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
            "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
-           "paged_decode_attention", "BlockAllocator"]
+           "paged_decode_attention", "BlockAllocator", "PagedCache"]

@@ -201,12 +201,19 @@ def paged_kv_write(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, 
     slot_mapping: int32 [T] on the device; token t goes to block slot // block_size, offset
     slot % block_size. A slot < 0 is padding: that token is not written.
     """
+    # No boolean-mask indexing: it reads the mask back to the host (no CUDA graph, a sync per call).
+    # Instead a padding token repeats the first real token's write (same slot, same values, so the
+    # duplicate index is harmless); with no real token at all, every write puts back what was there.
     bs = k_pool.shape[2]
     slots = slot_mapping.long()
     keep = slots >= 0
-    blocks, offsets = (slots // bs)[keep], (slots % bs)[keep]
-    k_pool[blocks, :, offsets] = k[keep].to(k_pool.dtype)
-    v_pool[blocks, :, offsets] = v[keep].to(v_pool.dtype)
+    first = torch.argmax(keep.to(torch.int32))                       # first real token (0 if none)
+    src = torch.where(keep, torch.arange(len(slots), device=slots.device), first)
+    target = slots[src].clamp(min=0)
+    blocks, offsets = target // bs, target % bs
+    real = keep[src][:, None, None]
+    for pool, new in ((k_pool, k), (v_pool, v)):
+        pool[blocks, :, offsets] = torch.where(real, new[src].to(pool.dtype), pool[blocks, :, offsets])
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,

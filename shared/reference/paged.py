@@ -1,4 +1,4 @@
-"""Reference block allocator for the paged KV cache (day 28's contract).
+"""Reference block allocator (day 28's contract) and paged KV cache backend (day 31's).
 
 The KV pool is cut into `num_blocks` blocks of `block_size` token slots. A sequence owns a block
 table: its position p lives in slot `table[p // block_size] * block_size + p % block_size`.
@@ -9,6 +9,8 @@ Every method either succeeds or raises with every table unchanged.
 from __future__ import annotations
 
 from collections import deque
+
+import torch
 
 from shared.engine.errors import OutOfBlocksError
 
@@ -109,3 +111,86 @@ class BlockAllocator:
         in the pool before it writes the step's tokens."""
         copies, self.copies = self.copies, []
         return copies
+
+
+SEQ = 0     # the engine runs one sequence at a time (batching, days 48-53, brings more ids)
+
+
+class PagedCache:
+    """A cache backend like StaticCache (shared/engine/attention.py), over a pool of KV blocks.
+
+    Pools k, v [layers, num_blocks, KV, block_size, hd]; blocks come from ops.BlockAllocator for
+    sequence 0. `prepare(start, T)` (host) allocates, does the copy-on-write copies, and writes
+    the step's slot_mapping / block_tables / context_lens into device buffers allocated once;
+    `__call__` writes k, v through ops.paged_kv_write and attends: ops.attention over the prompt,
+    ops.paged_decode_attention for one token (capture-safe: it reads only the fixed buffers), or
+    ops.attention over the sequence's blocks gathered for a chunk after cached tokens.
+    """
+
+    def __init__(self, ops, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
+        self.ops = ops
+        self.allocator = ops.BlockAllocator(num_blocks, block_size)
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.max_len = num_blocks * block_size            # the most tokens one sequence can hold
+        shape = (config.num_layers, num_blocks, config.num_kv_heads, block_size, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.slot_mapping = torch.full((self.max_len,), -1, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros((1, num_blocks), dtype=torch.int32, device=device)
+        self.context_lens = torch.zeros(1, dtype=torch.int32, device=device)
+        self.table: list[int] = []                        # what block_tables[0] holds on the device
+        self.held = False                                 # whether sequence 0 holds blocks
+        self.start = self.T = 0
+
+    def release(self) -> None:
+        """The sequence is finished: its blocks go back to the pool."""
+        if self.held:
+            self.allocator.free(SEQ)
+            self.held = False
+
+    def prepare(self, start: int, T: int) -> None:
+        """Blocks for positions start..start+T-1, then the step's metadata into the fixed buffers.
+        start 0: a new sequence. Positions the sequence already holds keep their slots (a step
+        run again); positions past its end get new slots."""
+        a, bs = self.allocator, self.block_size
+        if start == 0:
+            self.release()
+            a.allocate(SEQ, T)
+            self.held = True
+        else:
+            if not self.held or start > a.length(SEQ):
+                have = a.length(SEQ) if self.held else 0
+                raise ValueError(f"prepare({start}, {T}): the cache holds {have} tokens of this sequence, "
+                                 "so a step may start at most there")
+            for _ in range(start + T - a.length(SEQ)):
+                a.append_slot(SEQ)
+        for src, dst in a.take_copies():                  # copy on write: the block before the write
+            self.k[:, dst].copy_(self.k[:, src])
+            self.v[:, dst].copy_(self.v[:, src])
+        table = a.block_table(SEQ)
+        slots = [table[p // bs] * bs + p % bs for p in range(start, start + T)]
+        if T == 1 and start > 0:                          # decode: host ints, one fill_ each, no sync
+            self.slot_mapping[:1].fill_(slots[0])
+            if len(table) != len(self.table) or table[-1] != self.table[-1]:
+                self.block_tables[0, len(table) - 1].fill_(table[-1])   # a new block or a copy: the last
+        else:
+            self.slot_mapping[:T].copy_(torch.tensor(slots, dtype=torch.int32), non_blocking=True)
+            self.block_tables[0, :len(table)].copy_(torch.tensor(table, dtype=torch.int32), non_blocking=True)
+        self.table = table
+        self.context_lens.fill_(start + T)
+        self.start, self.T = start, T
+
+    def __call__(self, layer, q, k, v, positions):
+        ops, kp, vp = self.ops, self.k[layer], self.v[layer]
+        ops.paged_kv_write(kp, vp, k, v, self.slot_mapping[:self.T])
+        if self.T == 1 and self.start > 0:                # decode: lengths and tables read on the device
+            return ops.paged_decode_attention(q, kp, vp, self.block_tables, self.context_lens)
+        if self.start == 0:                               # prefill from empty: attend over the new tokens
+            return ops.attention(q, k, v)
+        end = self.start + self.T                         # a chunk after cached tokens: gather its blocks
+        n = -(-end // self.block_size)
+        blocks = self.block_tables[0, :n].long()
+        _, KV, bs, hd = kp.shape
+        keys = kp[blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:end]
+        values = vp[blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:end]
+        return ops.attention(q, keys, values)
