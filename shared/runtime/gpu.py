@@ -25,7 +25,7 @@ if not SIM:  # the CUDA Python launch API under numba-cuda: the fast path calls 
 
 # A small grid is the point of many launches (checkers, a merge over 9 heads): don't warn about it.
 # numba-cuda raises its own copy of NumbaPerformanceWarning, so match the message, not the class.
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
 _streams: dict[int, object] = {}
 
