@@ -60,6 +60,22 @@ def test_smollm2_greedy_equals_hf(smollm2, track):
         assert list(engine.generate_ids(ids, max_new_tokens=32)) == _hf_greedy(hf, ids, 32), prompt
 
 
+@pytest.mark.gpu
+@pytest.mark.model
+def test_smollm2_fp16_greedy_equals_hf_fp16(smollm2, track):
+    """fp16 on both sides, on the GPU: the whole engine (flash prefill, split-KV or paged decode,
+    CUDA graphs) against HF's fp16 eager model, token for token."""
+    from shared.engine import Engine
+    from transformers import AutoModelForCausalLM
+    engine = Engine(str(smollm2), track=track, dtype="fp16")
+    hf = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float16, attn_implementation="eager").cuda().eval()
+    for prompt in PROMPTS:
+        ids = engine.prompt_ids(prompt)
+        out = hf.generate(torch.tensor([ids], device="cuda"), attention_mask=torch.ones(1, len(ids), dtype=torch.long,
+                          device="cuda"), max_new_tokens=32, do_sample=False, pad_token_id=hf.config.pad_token_id)
+        assert list(engine.generate_ids(ids, max_new_tokens=32)) == out[0, len(ids):].tolist(), prompt
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600)

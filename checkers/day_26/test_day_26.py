@@ -222,8 +222,10 @@ def test_bench_against_eager_torch(day, device):
         mask = torch.full((T, T), float("-inf"), device=device, dtype=torch.float16).triu(1)
         expected = _sdpa(qb[:1], kb[:1], vb[:1])[0].transpose(0, 1)
         tag = f"B{B}_H{H}_KV{KV}_T{T}_D{D}"
+        for _ in range(10):          # SDPA's first calls pick and load a kernel: keep them out of its time
+            _sdpa(qb, kb, vb)
         times = {"eager_ms": cuda_time_ms(lambda: _eager(qb, kb, vb, mask), 10),
-                 "sdpa_ms": cuda_time_ms(lambda: _sdpa(qb, kb, vb), 20)}
+                 "sdpa_ms": cuda_time_ms(lambda: _sdpa(qb, kb, vb), 100)}
         for path, tc in paths.items():
             assert_close(day.attention(q[:, :H], k[:, :KV], v[:, :KV], tensor_cores=tc), expected,
                          f"ours ({path}) vs SDPA", **tol(torch.float16, 5))

@@ -13,7 +13,7 @@ import torch
 
 from shared import reference
 from shared.course.registry import Ops, day_module
-from shared.course.testing import assert_close, no_host_reads, poison_, randn, record_bench, tol
+from shared.course.testing import assert_close, graph_us, no_host_reads, poison_, randn, record_bench, tol
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -218,33 +218,6 @@ def test_one_captured_graph_replays_at_every_length(day, device, H, KV):
         torch.cuda.synchronize()
         assert_close(out, reference.decode_attention(q, k, v, cache_len),
                      f"graph captured at cache_len=37, replayed at {n}", **tol(torch.float16, 5))
-
-
-def graph_us(fn, calls: int = 20, reps: int = 20) -> float:
-    """Microseconds per call of fn, replayed from a CUDA graph of `calls` calls: the GPU's time,
-    not Python's launch overhead (the engine runs decode attention inside day 23's graph too)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()                                       # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    gc.disable()
-    try:
-        with torch.cuda.graph(graph, stream=side):
-            for _ in range(calls):
-                fn()
-    finally:
-        gc.enable()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * calls)
 
 
 LENGTHS = (512, 1024, 2048, 4096, 8192)

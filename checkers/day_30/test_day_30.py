@@ -12,7 +12,7 @@ import torch
 
 from shared import reference
 from shared.course.registry import day_module
-from shared.course.testing import assert_close, no_host_reads, randn, record_bench, tol
+from shared.course.testing import assert_close, graph_us, no_host_reads, randn, record_bench, tol
 from shared.reference.paged import BlockAllocator
 
 DTYPES = [torch.float32, torch.float16]
@@ -199,33 +199,6 @@ def test_no_host_sync_and_one_graph_replays_new_tables(day, device):
         torch.cuda.synchronize()
         assert_close(out, reference.paged_decode_attention(*case), f"graph replayed with lengths {new}",
                      **tol(torch.float16, 5))
-
-
-def graph_us(fn, calls: int = 20, reps: int = 20) -> float:
-    """Microseconds per call of fn, replayed from a CUDA graph of `calls` calls: the GPU's time,
-    not Python's launch overhead (as day 27's bench)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()                                       # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    gc.disable()
-    try:
-        with torch.cuda.graph(graph, stream=side):
-            for _ in range(calls):
-                fn()
-    finally:
-        gc.enable()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * calls)
 
 
 LENGTHS = (512, 1024, 2048, 4096, 8192)

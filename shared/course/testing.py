@@ -68,6 +68,34 @@ def cuda_time_ms(fn, reps: int = 50) -> float:
     return start.elapsed_time(end) / reps
 
 
+def graph_us(fn, calls: int = 20, reps: int = 20) -> float:
+    """Microseconds per call of fn, replayed from a CUDA graph of `calls` calls: the GPU's time,
+    not Python's launch overhead (the engine runs its decode step inside day 23's graph too)."""
+    import gc
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()                                       # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    gc.disable()                                   # no finalizer may free CUDA memory mid-capture
+    try:
+        with torch.cuda.graph(graph, stream=side):
+            for _ in range(calls):
+                fn()
+    finally:
+        gc.enable()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (reps * calls)
+
+
 class HostReadError(AssertionError):
     """A value was read back from a tensor to the host on a path that must stay capture-safe."""
 
