@@ -126,16 +126,10 @@ def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
     import torch
     if not engine.on_gpu or not engine.caps.cache:
         return None
-    from shared.engine.attention import StaticCache
     from shared.engine.runner import ModelRunner
     from shared.reference.graphs import DecodeGraphs
-    if engine.use_paged:                                # the backend the engine decodes with
-        bs = engine.block_size
-        backend = engine.ops.PagedCache(engine.ops, engine.config, -(-(context + 2) // bs), bs, engine.dtype,
-                                        engine.device)
-    else:
-        backend = StaticCache(engine.ops, engine.config, context + 2, engine.dtype, engine.device)
-    runner = ModelRunner(engine.ops, engine.weights, backend, engine.device, graphs_cls=DecodeGraphs)
+    runner = ModelRunner(engine.ops, engine.weights, engine.cache_backend(context + 2), engine.device,
+                         graphs_cls=DecodeGraphs)
     ids = synthetic_prompt(engine.config.vocab_size, context)
     runner.next_logits(ids)
     runner.next_logits(ids + [ids[-1]])                 # captures the decode step

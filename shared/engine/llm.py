@@ -95,18 +95,20 @@ class Engine:
                 cap = 1024
                 while cap < max_len:
                     cap *= 2
-                cap = min(cap, self.max_seq)
-                if self.use_paged:
-                    blocks = self.num_blocks or -(-cap // self.block_size)
-                    backend = self.ops.PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype,
-                                                  self.device)
-                else:
-                    backend = StaticCache(self.ops, self.config, cap, self.dtype, self.device)
+                backend = self.cache_backend(min(cap, self.max_seq))
             else:
                 backend = NoCache(self.ops)
             graphs = self.ops.DecodeGraphs if self.use_cache and self.use_graphs else None
             r = self._runners[key] = ModelRunner(self.ops, self.weights, backend, self.device, graphs_cls=graphs)
         return r
+
+    def cache_backend(self, max_len: int):
+        """The cache this engine decodes with, holding max_len tokens: a paged pool (a given
+        num_blocks wins) or a static cache."""
+        if self.use_paged:
+            blocks = self.num_blocks or -(-max_len // self.block_size)
+            return self.ops.PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype, self.device)
+        return StaticCache(self.ops, self.config, max_len, self.dtype, self.device)
 
     def forward(self, ids: list[int]) -> torch.Tensor:
         """Logits [T, vocab] for a whole sequence, no cache (parity tests use this)."""

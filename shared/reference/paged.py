@@ -152,7 +152,7 @@ class PagedCache:
         """Blocks for positions start..start+T-1, then the step's metadata into the fixed buffers.
         start 0: a new sequence. Positions the sequence already holds keep their slots (a step
         run again); positions past its end get new slots."""
-        a, bs = self.allocator, self.block_size
+        a = self.allocator
         if start == 0:
             self.release()
             a.allocate(SEQ, T)
@@ -168,7 +168,7 @@ class PagedCache:
             self.k[:, dst].copy_(self.k[:, src])
             self.v[:, dst].copy_(self.v[:, src])
         table = a.block_table(SEQ)
-        slots = [table[p // bs] * bs + p % bs for p in range(start, start + T)]
+        slots = [a.slot(SEQ, p) for p in range(start, start + T)]
         if T == 1 and start > 0:                          # decode: host ints, one fill_ each, no sync
             self.slot_mapping[:1].fill_(slots[0])
             if len(table) != len(self.table) or table[-1] != self.table[-1]:
