@@ -121,8 +121,9 @@ def peak_bandwidth_bytes_s() -> float | None:
 
 
 def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
-    """Kernel time of one decode step at `context`: the step captured once (reference graphs) and
-    replayed back to back, so no host time is in it. None where the track has no cache yet."""
+    """Kernel time of one decode step at `context`, as the engine replays it (forward, greedy pick
+    and its feedback): the step captured once (reference graphs) and replayed back to back, so no
+    host time is in it. None where the track has no cache yet."""
     import torch
     if not engine.on_gpu or not engine.caps.cache:
         return None
@@ -131,9 +132,10 @@ def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
     runner = ModelRunner(engine.ops, engine.weights, engine.cache_backend(context + 2), engine.device,
                          graphs_cls=DecodeGraphs)
     ids = synthetic_prompt(engine.config.vocab_size, context)
-    runner.next_logits(ids)
-    runner.next_logits(ids + [ids[-1]])                 # captures the decode step
-    graph, _ = next(iter(runner.graphs.graphs.values()))
+    runner.forward(ids, 0)
+    runner.ids_buf.fill_(ids[-1])
+    runner.decode_on_device(context)                    # captures the greedy decode step
+    graph, _ = next(iter(runner.greedy_graphs.graphs.values()))
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -141,7 +143,23 @@ def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
         graph.replay()
     end.record()
     torch.cuda.synchronize()
+    runner.release()
     return start.elapsed_time(end) / reps
+
+
+def track_note(engine) -> str:
+    """One line: which track ran, what the engine used, and how to time the other track."""
+    from shared.course import registry
+    from shared.course.syllabus import published
+    done, total = len(registry.finished(engine.track)), len(published())
+    if engine.track == "solutions":
+        return (f"Track `solutions`: the reference solutions of all {total} published days "
+                f"({engine.caps.describe()}).")
+    mine = "none of your days is finished yet, so every component is the PyTorch reference" if not done else \
+        f"your {done} finished day(s), the PyTorch reference for the rest"
+    return (f"Track `days`: {mine} ({engine.caps.describe()}); `tinyinfer bench --track solutions` times the "
+            "reference solutions." + ("" if engine.caps.cache else
+                                      " GPU time and launches stay empty until day 20 (the KV cache) is finished."))
 
 
 def _prime(engine, lengths, new_tokens: int) -> None:
@@ -158,7 +176,8 @@ def _prime(engine, lengths, new_tokens: int) -> None:
 def run(model: str | None = None, *, track: str | None = None, dtype: str | None = None, contexts=None,
         prompt_lengths=None, prompt_tokens: int | None = None, new_tokens: int | None = None, warmup: int = 1,
         out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
-        graphs: bool | None = None, benchmark_fn=None, progress: bool = True) -> dict:
+        graphs: bool | None = None, benchmark_fn=None, progress: bool = True, peer: bool = False,
+        llama_bench: str | None = None, gguf: str | None = None) -> dict:
     """Benchmark the engine -- graph-replayed decode, eager decode, prefix recompute -- and HF in
     one run; write the report. model None: SmolLM2 on a GPU, tiny without one."""
     import torch
@@ -185,7 +204,7 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "contexts": contexts,
             "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__,
             "weight_bytes_per_token": weight_bytes(engine.weights), "peak_bandwidth_bytes_s": peak,
-            "gpu_ms_per_token": gpu_ms_per_token(engine, prompt_tokens)}
+            "gpu_ms_per_token": gpu_ms_per_token(engine, prompt_tokens), "track_note": track_note(engine)}
     results = {}
     kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, warmup=warmup, progress=progress)
     modes = ([("graph", True, True)] if use_graphs else []) + [("cached", True, False)] + \
@@ -204,12 +223,34 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
     if hf:
         results["hf"] = hf_benchmark(engine.model_dir, engine.dtype, engine.device, context_lengths=contexts,
                                      prompt_lengths=prompt_lengths, **kw)
-    for r in results.values():
+    peers = {}
+    if peer:
+        peers["torch.compile"] = _peer(engine, prompt_tokens, new_tokens)
+    if llama_bench or gguf:
+        from shared.peer import llama_bench as run_llama_bench
+        peers["llama.cpp"] = run_llama_bench(llama_bench, gguf)
+    for r in [*results.values(), *peers.values()]:
         ms = r.get("ms_per_token")
         r["roofline_pct"] = 100 * meta["weight_bytes_per_token"] / (ms * 1e-3) / peak if peak and ms else None
-    report = {"meta": meta, "results": results}
+    report = {"meta": meta, "results": results, "peers": peers}
     write_report(report, Path(out_dir))
     return report
+
+
+def _peer(engine, prompt_tokens: int, new_tokens: int) -> dict:
+    """The torch.compile peer on the engine's weights; one line instead of numbers if it fails."""
+    if not engine.on_gpu:
+        return {"error": "the torch.compile peer runs on a GPU only"}
+    try:
+        from shared.peer import torch_compile_peer
+        r = torch_compile_peer(engine.weights, synthetic_prompt(engine.config.vocab_size, prompt_tokens), new_tokens)
+    except Exception as e:                    # a compiler failure must not lose the rest of the report
+        return {"error": f"torch.compile peer failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    ours = list(engine.generate_ids(synthetic_prompt(engine.config.vocab_size, prompt_tokens),
+                                    max_new_tokens=new_tokens, ignore_eos=True))
+    same = next((i for i, (a, b) in enumerate(zip(ours, r.pop("tokens"))) if a != b), len(ours))
+    r["greedy_tokens_equal_to_ours"] = same
+    return r
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -250,6 +291,7 @@ def markdown(report: dict) -> str:
              f"Weights read per token: {m.get('weight_bytes_per_token', 0) / 1e6:,.1f} MB · theoretical memory "
              f"bandwidth: {_fmt(m.get('peak_bandwidth_bytes_s'), 1e-12, 2)} TB/s · GPU time per decode token "
              f"(kernels only, one graph replayed back to back): {_fmt(m.get('gpu_ms_per_token'), 1, 3)} ms", "",
+             m.get("track_note", ""), "",
              "| engine | TTFT ms | prefill tok/s | decode tok/s | wall ms/token | % of roofline | peak alloc MiB | "
              "peak reserved MiB | launches/token | launch overhead ms/token |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -263,7 +305,37 @@ def markdown(report: dict) -> str:
     for name, r in res.items():
         by = {p["context"]: p["decode_tok_s"] for p in r["decode_vs_context"]}
         lines.append(f"| {name} | " + " | ".join(_fmt(by.get(c)) for c in m["contexts"]) + " |")
+    lines += peer_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def peer_lines(report: dict) -> list[str]:
+    """The peers' table: decode tok/s, and ours (the fastest engine mode) over theirs, same run."""
+    peers = report.get("peers") or {}
+    if not peers:
+        return []
+    res = report["results"]
+    best = max((n for n in ("graph", "cached") if n in res), key=lambda n: res[n]["decode_tok_s"], default=None)
+    ours = res[best]["decode_tok_s"] if best else None
+    lines = ["", f"Peers on the same GPU, same weights, same run (ours = `{best}`: {_fmt(ours)} tok/s, wall "
+             f"{_fmt(res[best]['ms_per_token'] if best else None, 1, 3)} ms/token, GPU "
+             f"{_fmt(report['meta'].get('gpu_ms_per_token'), 1, 3)} ms/token):", "",
+             "| peer | decode tok/s | wall ms/token | GPU ms/token | % of roofline | ours ÷ peer | note |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in peers.items():
+        if "error" in r:
+            lines.append(f"| {name} | - | - | - | - | - | {r['error']} |")
+            continue
+        tok_s = r.get("decode_tok_s") or r.get("tg128_tok_s")
+        note = (f"greedy tokens equal to ours for the first {r['greedy_tokens_equal_to_ours']}"
+                if "greedy_tokens_equal_to_ours" in r else
+                f"llama-bench: pp512 {_fmt(r.get('pp512_tok_s'))} tok/s, tg128 (empty context) "
+                f"{_fmt(r.get('tg128_tok_s'))} tok/s, {r.get('model_type')}")
+        ratio = ours / tok_s if ours and tok_s else None
+        lines.append(f"| {name} | {_fmt(tok_s)} | {_fmt(r.get('ms_per_token'), 1, 3)} "
+                     f"| {_fmt(r.get('gpu_ms_per_token'), 1, 3)} | {_fmt(r.get('roofline_pct'))} "
+                     f"| {_fmt(ratio, 1, 2)}{'×' if ratio else ''} | {note} |")
+    return lines
 
 
 # ---- command line ------------------------------------------------------------------------------------
@@ -277,18 +349,25 @@ def _ints(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="'smollm2' (default on a GPU), 'tiny' (default without one), "
                    "'llama-1b' (a seeded random model of Llama-3.2-1B's shape) or an HF Llama directory")
-    p.add_argument("--track", choices=("days", "solutions"), default=None)
-    p.add_argument("--dtype", choices=("fp16", "fp32"), default=None)
+    p.add_argument("--track", choices=("days", "solutions"), default=None,
+                   help="'days' (default: your finished days, the reference for the rest) or 'solutions'")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default=None, help="default: fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--contexts", type=_ints, default=None, help="decode tok/s at these context lengths")
     p.add_argument("--prompt-lengths", type=_ints, default=None, help="prefill time at these prompt lengths")
-    p.add_argument("--prompt-tokens", type=int, default=None)
-    p.add_argument("--new-tokens", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length of the main run (GPU default 512)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens each run makes (GPU default 64)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before measuring")
     p.add_argument("--out", default="build/bench/latest", help="folder for bench.json, bench.md and the plots")
     p.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
     p.add_argument("--no-naive", action="store_true", help="skip the prefix-recompute engine")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph engine (day 23)")
-    p.add_argument("--naive-max-context", type=int, default=2048)
+    p.add_argument("--naive-max-context", type=int, default=2048,
+                   help="the prefix-recompute engine only runs contexts up to this length (it is quadratic)")
+    p.add_argument("--peer", action="store_true", help="also time a torch.compile decode step (gpt-fast style) on "
+                   "the same weights, in the same run (GPU)")
+    p.add_argument("--llama-bench", default=None, metavar="PATH",
+                   help="a llama-bench binary (default: one on PATH when --gguf is given)")
+    p.add_argument("--gguf", default=None, metavar="FILE", help="the GGUF of this model for llama-bench")
 
 
 def run_args(args: argparse.Namespace) -> dict:
@@ -296,7 +375,8 @@ def run_args(args: argparse.Namespace) -> dict:
                  prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
                  graphs=False if args.no_graph else None,
-                 naive_max_context=args.naive_max_context)
+                 naive_max_context=args.naive_max_context, peer=args.peer, llama_bench=args.llama_bench,
+                 gguf=args.gguf)
     print(markdown(report))
     print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")
     return report

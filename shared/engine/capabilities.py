@@ -7,7 +7,9 @@
   cache and the `paged` feature (day 31); its blocks, writes and decode attention come from the
   registry like any kernel (days 28-30, else the reference).
 - graphs: decode steps replayed from CUDA graphs. Needs the `graphs` feature (day 23), a cache
-  to replay against, and a real GPU (the simulator has no graphs).
+  to replay against, and a real GPU (the simulator has no graphs). With graphs the engine runs
+  its own device-fed loop (shared/engine/decode_loop.py) instead of day 18's `generate`: each
+  step samples on the device and feeds the next, the host reads tokens one step behind.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ class Capabilities:
             f"{self.track} track on the {'GPU' if self.tier == 'gpu' else 'CUDA simulator'}"
         how = ("paged KV cache" if self.paged else "static KV cache") if self.cache else \
             "prefix recompute (no KV cache)"
-        return f"{where}, " + (f"{dtype}, " if dtype else "") + how + (", CUDA graphs" if self.graphs else "")
+        return f"{where}, " + (f"{dtype}, " if dtype else "") + how + \
+            (", CUDA graphs with on-device token feedback" if self.graphs else "")
 
 
 def capabilities(track: str | None = None, tier: str | None = None, simulate: bool = False) -> Capabilities:
@@ -59,4 +62,5 @@ def engine_components(caps: Capabilities) -> set[str]:
         names |= set(_PAGED if caps.paged else _CACHE)
     if caps.graphs:
         names.add("DecodeGraphs")
+        names.discard("generate")        # the engine's device-fed loop replaces day 18's (decode_loop.py)
     return names

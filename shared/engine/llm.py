@@ -19,6 +19,7 @@ from shared import models
 from shared.course.registry import Ops, default_track
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.capabilities import capabilities
+from shared.engine.decode_loop import generate_async
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
@@ -42,7 +43,7 @@ class Engine:
     def __init__(self, model: str | None = None, track: str | None = None, dtype: str | None = None,
                  use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
                  graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
-                 num_blocks: int | None = None):
+                 num_blocks: int | None = None, async_decode: bool | None = None):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
@@ -73,6 +74,7 @@ class Engine:
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be >= 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks = block_size, num_blocks    # num_blocks None: sized like the static cache
+        self.async_decode = async_decode       # None: with the graphs (shared/engine/decode_loop.py)
         self.max_seq = min(max_seq or self.config.max_position_embeddings, self.config.max_position_embeddings)
         self._runners: dict = {}
         self.stats = Stats()
@@ -110,6 +112,13 @@ class Engine:
             return self.ops.PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype, self.device)
         return StaticCache(self.ops, self.config, max_len, self.dtype, self.device)
 
+    def uses_async_loop(self, runner: ModelRunner) -> bool:
+        """The device-fed loop (decode_loop.py) once there is a cache; by default only with CUDA
+        graphs, where the host is what the GPU would wait for. Otherwise day 18's `generate`."""
+        if isinstance(runner.backend, NoCache):
+            return False
+        return runner.graphs is not None if self.async_decode is None else self.async_decode
+
     def forward(self, ids: list[int]) -> torch.Tensor:
         """Logits [T, vocab] for a whole sequence, no cache (parity tests use this)."""
         return ModelRunner(self.ops, self.weights, NoCache(self.ops), self.device).forward(ids, 0, logits_at=None)
@@ -143,10 +152,15 @@ class Engine:
 
         eos = () if p.ignore_eos else self.tokenizer.eos_token_ids
         self.stats = s = Stats(prompt_tokens=len(seq.prompt_ids))
+        if self.uses_async_loop(runner):
+            tokens = generate_async(runner, seq.prompt_ids, max_new_tokens=p.max_tokens, eos_token_ids=eos,
+                                    sample=sample, greedy=p.temperature <= 0)
+        else:
+            tokens = ops.generate(runner.next_logits, seq.prompt_ids, max_new_tokens=p.max_tokens,
+                                  eos_token_ids=eos, sample=sample)
         t0 = time.perf_counter()
         try:
-            for tok in ops.generate(runner.next_logits, seq.prompt_ids, max_new_tokens=p.max_tokens,
-                                    eos_token_ids=eos, sample=sample):
+            for tok in tokens:
                 now = time.perf_counter() - t0
                 seq.output_ids.append(tok)
                 s.token_times.append(now)

@@ -28,9 +28,11 @@ class ModelRunner:
         self.cached = 0                                            # tokens the backend holds
         self.ids_buf = torch.zeros(1, dtype=torch.int32, device=device)
         self.pos_buf = torch.zeros(1, dtype=torch.int32, device=device)
-        self.graphs = None
+        self.next_buf = torch.zeros(1, dtype=torch.int32, device=device)   # the token a step picked
+        self.graphs = self.greedy_graphs = None
         if graphs_cls is not None and not isinstance(backend, NoCache):   # a static or paged cache
             self.graphs = graphs_cls(self._decode_step, max_len=backend.max_len)
+            self.greedy_graphs = graphs_cls(self._greedy_step, max_len=backend.max_len)
 
     def reset(self) -> None:
         """A new sequence: forget what the cache holds (the buffers and graphs stay)."""
@@ -55,6 +57,28 @@ class ModelRunner:
         """One token from the fixed buffers -> logits [1, vocab]. What the graphs capture."""
         with torch.inference_mode():
             return self.ops.forward(self.weights, self.ids_buf, self.pos_buf, self.ops, self.backend)
+
+    def _greedy_step(self, batch_size: int = 1, bucket: int | None = None) -> torch.Tensor:
+        """The decode step with its argmax: the token lands in next_buf on the device. It reads
+        ids_buf and never writes it, so the warm-up runs before a capture change nothing."""
+        with torch.inference_mode():
+            logits = self.ops.forward(self.weights, self.ids_buf, self.pos_buf, self.ops, self.backend)
+            self.next_buf.copy_(self.ops.sample(logits[0], 0.0, 0, 1.0, None).view(1))
+        return self.next_buf
+
+    def decode_on_device(self, position: int, sample=None) -> None:
+        """One step from the token already in ids_buf (put there on the device): its token goes
+        to next_buf. sample None: greedy, inside the graph; else sample(logits) right after."""
+        self.pos_buf.fill_(position)
+        self.backend.prepare(position, 1)
+        if sample is None:
+            if self.greedy_graphs is not None:
+                self.greedy_graphs.run(1, position + 1)
+            else:
+                self._greedy_step()
+            return
+        logits = self.graphs.run(1, position + 1) if self.graphs is not None else self._decode_step()
+        self.next_buf.copy_(sample(logits[0]).view(1))
 
     def decode(self, token: int, position: int) -> torch.Tensor:
         check_ids((token,), self.weights.config.vocab_size)
