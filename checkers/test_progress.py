@@ -115,7 +115,7 @@ def test_the_engine_claim_only_for_components_on_its_path(prog):
     lines = []  # pytest's summary after day 03 was recorded
     t = SimpleNamespace(track="days", tier="gpu", outcomes={3: {"t": "passed"}}, recorded=[3], forgotten=[],
                         partial=set(), errors=[])
-    pytest_plugin.pytest_terminal_summary(SimpleNamespace(write_line=lambda line, **kw: lines.append(line)),
+    pytest_plugin._tinyinfer_summary(SimpleNamespace(write_line=lambda line, **kw: lines.append(line)),
                                           0, SimpleNamespace(_tinyinfer=t))
     assert len(lines) == 1 and "recorded -- a building block" in lines[0] and "uses your" not in lines[0]
 
@@ -174,6 +174,7 @@ def test_whole_run_records_and_a_failing_whole_run_forgets(tmp_path):
 
 def test_xdist_controller_learns_what_the_workers_collected(tmp_path):
     """Under xdist the controller collects nothing itself."""
+    pytest.importorskip("xdist", reason="needs pytest-xdist: pip install -e '.[dev]'")
     root = _checker(tmp_path, 13)
     out = _pytest(root, "-p", "xdist", "-n", "2", "checkers/day_13", "-k", "one or two")
     assert "2 passed" in out and _recorded(root) == set(), out

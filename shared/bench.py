@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from shared.models import TINY_DIR
 from shared.reference.benchmark import _sync, synthetic_prompt
 
 GPU_DEFAULTS = dict(prompt_tokens=512, new_tokens=64, contexts=(512, 1024, 2048, 4096, 8192),
@@ -152,14 +153,18 @@ def track_note(engine) -> str:
     from shared.course import registry
     from shared.course.syllabus import published
     done, total = len(registry.finished(engine.track)), len(published())
+    cpu = "" if engine.on_gpu else (
+        " On the CPU these timings measure Python overhead and machine load, not kernels: differences between "
+        "modes here (cache vs recompute included) are within noise and mean nothing; run on a GPU to compare."
+        + (" The tiny model's weights are random." if Path(engine.model_dir).name == TINY_DIR else ""))
     if engine.track == "solutions":
         return (f"Track `solutions`: the reference solutions of all {total} published days "
-                f"({engine.caps.describe()}).")
+                f"({engine.caps.describe()}).") + cpu
     mine = "none of your days is finished yet, so every component is the PyTorch reference" if not done else \
         f"your {done} finished day(s), the PyTorch reference for the rest"
     return (f"Track `days`: {mine} ({engine.caps.describe()}); `tinyinfer bench --track solutions` times the "
             "reference solutions." + ("" if engine.caps.cache else
-                                      " GPU time and launches stay empty until day 20 (the KV cache) is finished."))
+                                      " GPU time and launches stay empty until day 20 (the KV cache) is finished.")) + cpu
 
 
 def _prime(engine, lengths, new_tokens: int) -> None:

@@ -15,6 +15,21 @@ from shared.course import progress, registry, syllabus
 from shared.runtime import threads
 
 
+DEFAULT_BLOCK_SIZE = 16     # tokens per KV block of the paged cache (day 31) unless --block-size says
+
+# The oldest GPU the course supports, and the days whose given kernels need more (PTX they emit).
+MIN_CC = (7, 5)             # Turing: T4, RTX 20xx (what the compile check of every kernel targets)
+DAY_MIN_CC = {26: ((8, 0), "tensor cores: mma.sync.m16n8k16 with fp16 inputs")}
+
+
+def days_beyond(cc: tuple[int, int]) -> list[str]:
+    """One line per thing a GPU of compute capability `cc` cannot run (empty: the whole course)."""
+    if cc < MIN_CC:
+        return [f"the course needs sm_{MIN_CC[0]}{MIN_CC[1]} or newer; this GPU is sm_{cc[0]}{cc[1]}"]
+    return [f"day {n:02d} needs sm_{need[0]}{need[1]} ({what})" for n, (need, what) in sorted(DAY_MIN_CC.items())
+            if cc < need]
+
+
 class UsageError(Exception):
     """Printed as one line; exit code 2."""
 
@@ -155,8 +170,13 @@ def cmd_diff(args) -> int:
 
 def cmd_render(args) -> int:
     from shared.course import lessons
-    days = [_published(_day(args.day))] if args.day else syllabus.published()
     out = Path(args.out)
+    if args.index:
+        if args.day or args.no_execute:
+            raise UsageError("--index rebuilds the site from what was rendered before: give no day and no --no-execute")
+        print(lessons.write_index(out))
+        return 0
+    days = [_published(_day(args.day))] if args.day else syllabus.published()
     for d in days:
         print(f"rendering day {d.number:02d} ...", file=sys.stderr)
         paths = lessons.render(d, out, execute=not args.no_execute)
@@ -181,27 +201,83 @@ def cmd_model(args) -> int:
     return 0
 
 
+def _check_prompt(prompt: str) -> None:
+    """A prompt that is not valid UTF-8 reaches Python as lone surrogates (argv is decoded with
+    surrogateescape): name the first bad byte and where it is, before any model loads."""
+    for i, ch in enumerate(prompt):
+        if "\ud800" <= ch <= "\udfff":
+            at = len(prompt[:i].encode("utf-8", "surrogateescape"))
+            what = f"byte 0x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else f"U+{ord(ch):04X} (a lone surrogate)"
+            raise UsageError(f"the prompt is not valid UTF-8: {what} at position {at}; convert it first, "
+                             "e.g. iconv -f latin1 -t utf-8")
+
+
+def _check_blocks(args) -> None:
+    for flag, value in (("--block-size", args.block_size), ("--num-blocks", args.num_blocks)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+
+
+def _ignored_block_flags(engine, args) -> str | None:
+    """The line that says --block-size / --num-blocks do nothing in this run, or None."""
+    given = [f for f, v in (("--block-size", args.block_size), ("--num-blocks", args.num_blocks)) if v is not None]
+    if not given or (engine.use_cache and engine.use_paged):
+        return None
+    why = ("there is no KV cache (prefix recompute)" if not engine.use_cache else
+           "--no-paged asks for the static KV cache" if args.no_paged else
+           f"the {engine.track} track has no paged KV cache before day 31")
+    return f"note: {' and '.join(given)} ignored: {why}"
+
+
+def _progress(ids, prompt_tokens: int, max_new: int, per_token: bool):
+    """Token ids, passed through, with progress on stderr: the simulator takes minutes per token."""
+    import time
+    t0 = time.perf_counter()
+    print(f"[simulator: prefill of {prompt_tokens} prompt tokens, then up to {max_new} new ones; every "
+          "token takes a while here (minutes on a small CPU)]", file=sys.stderr, flush=True)
+    for n, tok in enumerate(ids, 1):
+        if per_token:
+            print(f"[token {n}/{max_new} after {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+        yield tok
+
+
 def cmd_generate(args) -> int:
+    if args.max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    _check_prompt(args.prompt)
+    _check_blocks(args)
     threads.configure()
     from shared.engine import Engine
     if args.simulate:
         os.environ.setdefault("TINYINFER_TIER", "sim")
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
     from shared.engine import SamplingParams   # bad sampling flags: one line before any model loads
     SamplingParams(args.temperature, args.top_k, args.top_p, args.max_new_tokens, seed=args.seed)
     engine = Engine(args.model, track=args.track, dtype=args.dtype, use_cache=False if args.no_cache else None,
                     simulate=args.simulate, graphs=False if args.no_graph else None,
-                    paged=False if args.no_paged else None, block_size=args.block_size, num_blocks=args.num_blocks)
+                    paged=False if args.no_paged else None,
+                    block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
+                    num_blocks=args.num_blocks)
     print(f"[{engine.describe()}]", file=sys.stderr)
+    from shared import models
+    if Path(engine.model_dir).resolve() == (models.home() / models.TINY_DIR).resolve():
+        print("[--model tiny: a seeded random Llama, its weights are random: expect gibberish, "
+              "not language (for tests and the simulator)]", file=sys.stderr)
+    note = _ignored_block_flags(engine, args)
+    if note:
+        print(note, file=sys.stderr)
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed)
+    prompt_ids = engine.prompt_ids(args.prompt, chat=args.chat)
+    ids = engine.generate_ids(prompt_ids, **kw)
+    if args.simulate:     # when streaming, the text itself shows each token
+        ids = _progress(ids, len(prompt_ids), args.max_new_tokens, per_token=not args.stream)
+    pieces = (event.text for event in engine.ops.stream(ids, engine.tokenizer))
     if args.stream:
-        for piece in engine.stream(args.prompt, chat=args.chat, **kw):
+        for piece in pieces:
             print(piece, end="", flush=True)
         print()
     else:
-        print(engine.generate(args.prompt, chat=args.chat, **kw))
+        print("".join(pieces))
     s = engine.stats
     print(f"[{s.prompt_tokens} prompt + {s.new_tokens} new tokens; TTFT {s.ttft_s * 1e3:.0f} ms; "
           f"decode {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
@@ -243,9 +319,16 @@ def cmd_doctor(args) -> int:
     import torch
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        print(f"gpu         {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, CUDA {torch.version.cuda}")
+        print(f"gpu         {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor} "
+              f"(sm_{p.major}{p.minor}), CUDA {torch.version.cuda}")
+        beyond = days_beyond((p.major, p.minor))
+        ok = ok and (p.major, p.minor) >= MIN_CC
+        for line in beyond or ["every published day runs on it"]:
+            print(f"            {line}")
     else:
         print("gpu         none: kernels run in Numba's CUDA simulator (sim tier); generate uses the reference")
+        print(f"            (a GPU for the course: compute capability {MIN_CC[0]}.{MIN_CC[1]} or newer; "
+              + "; ".join(f"day {n:02d}: {need[0]}.{need[1]}" for n, (need, _) in sorted(DAY_MIN_CC.items())) + ")")
         if torch.version.cuda:
             print(f"            note: torch {torch.__version__} is a CUDA build (GBs of CUDA libraries) on a machine "
                   "without a GPU; the CPU build is far smaller: pip install torch --index-url "
@@ -285,68 +368,85 @@ def _model_problem(path: Path) -> str | None:
 
 
 # ---- parser -----------------------------------------------------------------------------------
+def _command(sub, name: str, help: str, description: str | None = None):
+    """A subcommand whose --help starts with what it does (the same words as the list of commands)."""
+    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyinfer", description="Build an LLM inference engine in 60 days.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     track = dict(choices=registry.TRACKS, default=None, help="days (your code, default) or solutions")
+    day = dict(help="a day: 3, 03 or day_03")
 
-    s = sub.add_parser("status", help="the 60 days, your progress, where each engine component comes from")
+    s = _command(sub, "status", "the 60 days, your progress, where each engine component comes from")
     s.add_argument("--track", **track)
     s.set_defaults(fn=cmd_status)
-    sub.add_parser("next", help="what to do next").set_defaults(fn=cmd_next)
-    s = sub.add_parser("check", help="run a day's checker (pytest)")
-    s.add_argument("day")
+    _command(sub, "next", "what to do next: the day, its files, its lesson").set_defaults(fn=cmd_next)
+    s = _command(sub, "check", "run a day's checker (pytest)")
+    s.add_argument("day", **day)
     s.add_argument("--track", **track)
-    s.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    s.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest (e.g. -x -k name)")
     s.set_defaults(fn=cmd_check)
-    s = sub.add_parser("hint", help="hints for a day")
-    s.add_argument("day")
-    s.add_argument("-n", type=int, default=1, help="how many hints")
-    s.add_argument("--all", action="store_true")
+    s = _command(sub, "hint", "hints for a day, one at a time")
+    s.add_argument("day", **day)
+    s.add_argument("-n", type=int, default=1, help="how many hints (default 1)")
+    s.add_argument("--all", action="store_true", help="every hint of the day")
     s.set_defaults(fn=cmd_hint)
-    s = sub.add_parser("reset", help="forget a day's recorded progress")
-    s.add_argument("day")
+    s = _command(sub, "reset", "forget a day's recorded progress")
+    s.add_argument("day", **day)
     s.set_defaults(fn=cmd_reset)
-    s = sub.add_parser("diff", help="stub vs solution of a day (or --from MM: solution MM vs NN)")
-    s.add_argument("day")
-    s.add_argument("--from", dest="from_day")
+    s = _command(sub, "diff", "stub vs solution of a day (or --from MM: solution MM vs NN)")
+    s.add_argument("day", **day)
+    s.add_argument("--from", dest="from_day", metavar="MM", help="compare day MM's solution with this day's")
     s.set_defaults(fn=cmd_diff)
-    s = sub.add_parser("render", help="execute and render lessons to build/lessons")
-    s.add_argument("day", nargs="?")
-    s.add_argument("--out", default=str(REPO / "build" / "lessons"))
-    s.add_argument("--no-execute", action="store_true")
+    s = _command(sub, "render", "execute lessons and build the offline course site in build/lessons",
+                 "Execute lessons and build the offline course site: build/lessons/index.html (by phase, with "
+                 "your progress) and one page per lesson with previous/next links. Math is rendered when "
+                 "the page is built; nothing is fetched from the network.")
+    s.add_argument("day", nargs="?", help="one day (default: every published day; executing all takes a while)")
+    s.add_argument("--out", default=str(REPO / "build" / "lessons"), help="the site's folder (default build/lessons)")
+    s.add_argument("--no-execute", action="store_true", help="build the pages without running the lessons' code")
+    s.add_argument("--index", action="store_true", help="only rebuild the index, the pages' links and the "
+                   "progress marks from what was rendered before (seconds)")
     s.set_defaults(fn=cmd_render)
-    s = sub.add_parser("model", help="prepare or list models")
-    s.add_argument("action", choices=["prepare", "list"])
+    s = _command(sub, "model", "prepare or list models")
+    s.add_argument("action", choices=["prepare", "list"], help="prepare: download and convert SmolLM2; list: "
+                   "what the model cache holds")
     s.add_argument("--from-gguf", help="offline: SmolLM2-135M-Instruct.Q4_1.gguf you copied here")
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--force", action="store_true", help="prepare again even if the model is ready")
     s.set_defaults(fn=cmd_model)
-    s = sub.add_parser("generate", help="generate text")
-    s.add_argument("prompt")
-    s.add_argument("--model", default=None, help="smollm2 (default), tiny, or an HF Llama folder")
+    s = _command(sub, "generate", "generate text with the engine (your finished days, else the reference)")
+    s.add_argument("prompt", help="the text to continue (UTF-8)")
+    s.add_argument("--model", default=None, help="smollm2 (default), tiny (random weights, for tests), "
+                   "or an HF Llama folder")
     s.add_argument("--track", **track)
-    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many new tokens (default 64)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--dtype", choices=["fp16", "fp32"], default=None)
+    s.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens only (0 = all)")
+    s.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of tokens with this "
+                   "much probability (1.0 = all)")
+    s.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")
+    s.add_argument("--dtype", choices=["fp16", "fp32"], default=None, help="default: fp16 on a GPU, fp32 on the CPU")
     s.add_argument("--stream", action="store_true", help="print text as it is generated")
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     s.add_argument("--no-cache", action="store_true", help="recompute the prefix every step")
     s.add_argument("--no-graph", action="store_true", help="launch every kernel from Python (no CUDA graphs)")
     s.add_argument("--no-paged", action="store_true", help="a static KV cache instead of the paged one (day 31)")
-    s.add_argument("--block-size", type=int, default=16, help="tokens per KV block of the paged cache")
+    s.add_argument("--block-size", type=int, default=None, help=f"tokens per KV block of the paged cache "
+                   f"(default {DEFAULT_BLOCK_SIZE}; the paged cache comes with day 31)")
     s.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the paged pool (default: sized "
                    "from the request, like the static cache)")
-    s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model)")
+    s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "
+                   "minutes per token)")
     s.set_defaults(fn=cmd_generate)
-    s = sub.add_parser("bench", help="benchmark the engine against HF transformers (JSON, Markdown, plots)")
+    s = _command(sub, "bench", "benchmark the engine against HF transformers (JSON, Markdown, plots)")
     from shared import bench
     bench.add_arguments(s)
     s.set_defaults(fn=cmd_bench)
-    sub.add_parser("doctor", help="check GPU, driver, numba-cuda and the numpy pin").set_defaults(fn=cmd_doctor)
-    s = sub.add_parser("mutants", help="run the checkers against the solutions with known mistakes (all must fail)")
+    _command(sub, "doctor", "check the GPU (and which days it can run), driver, numba-cuda and the numpy pin"
+             ).set_defaults(fn=cmd_doctor)
+    s = _command(sub, "mutants", "run the checkers against the solutions with known mistakes (all must fail)")
     from shared.course import mutants
     mutants.add_arguments(s)
     s.set_defaults(fn=cmd_mutants)

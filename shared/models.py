@@ -316,7 +316,14 @@ def make_tiny(out: Path | None = None, seed: int = 0) -> Path:
             for n, p in model.named_parameters():
                 if "norm" in n:
                     p.copy_(1 + 0.5 * torch.randn_like(p))
-        model.save_pretrained(staging, safe_serialization=True)
+        from transformers.utils import logging as hf_logging
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()          # no "Writing model shards" bar for a 1 MB model
+        try:
+            model.save_pretrained(staging, safe_serialization=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         _write_tiny_tokenizer(staging)
         (staging / ".complete").write_text("seed=%d\n" % seed)
         if not _ready(out):  # another process (pytest -n) may have made it meanwhile

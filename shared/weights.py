@@ -8,6 +8,9 @@ model.layers.{i}.post_attention_layernorm -> layers[i].mlp_norm
 model.layers.{i}.mlp.{gate,up,down}_proj  -> layers[i].w_gate, w_up, w_down
 model.norm.weight                         -> final_norm
 lm_head.weight (or embed when tied)       -> lm_head
+
+fuse_projections(weights) (day 54) adds, per layer, wqkv = [wq; wk; wv] and w_gate_up = [w_gate; w_up]
+and re-points wq, wk, wv, w_gate, w_up to row slices of them: one GEMV instead of three (two).
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ class LayerWeights:
     w_gate: torch.Tensor
     w_up: torch.Tensor
     w_down: torch.Tensor
+    wqkv: torch.Tensor | None = None        # [(H + 2 KV) * hd, hidden]: wq, wk, wv are row slices (day 54)
+    w_gate_up: torch.Tensor | None = None   # [2 * inter, hidden]: w_gate, w_up are row slices (day 54)
 
 
 @dataclass
@@ -59,3 +64,51 @@ class ModelWeights:
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
+
+    @property
+    def fused(self) -> bool:
+        """Whether every layer has its concatenated projections (fuse_projections ran)."""
+        return all(L.wqkv is not None and L.w_gate_up is not None for L in self.layers)
+
+
+def _views_of(whole: torch.Tensor | None, parts: list[torch.Tensor]) -> bool:
+    """Whether parts are, in order, consecutive row slices of `whole` (same storage, same data)."""
+    if whole is None or sum(p.shape[0] for p in parts) != whole.shape[0]:
+        return False
+    row, start = whole.stride(0) * whole.element_size(), whole.data_ptr()
+    for p in parts:
+        if (p.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr() or p.data_ptr() != start
+                or p.shape[1:] != whole.shape[1:] or p.stride() != whole.stride() or p.dtype != whole.dtype):
+            return False
+        start += p.shape[0] * row
+    return True
+
+
+def _fuse(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The rows of parts in one new contiguous matrix, and each part as a row-slice view of it."""
+    whole = torch.cat(parts, dim=0)
+    views, start = [], 0
+    for p in parts:
+        views.append(whole[start:start + p.shape[0]])   # rows of a contiguous matrix: contiguous
+        start += p.shape[0]
+    return whole, views
+
+
+def fuse_projections(weights: ModelWeights) -> ModelWeights:
+    """Concatenate each layer's q/k/v and gate/up weights once (at load time), in place.
+
+    L.wqkv = [wq; wk; wv] ([(H + 2 KV) * hd, hidden]) and L.w_gate_up = [w_gate; w_up]
+    ([2 * inter, hidden]); wq, wk, wv, w_gate, w_up become row-slice views of them, so every
+    earlier day keeps working and the memory does not double (the separate tensors are freed
+    once nothing else holds them). Idempotent: a layer whose views already point into its fused
+    tensor is left alone; one whose wq/wk/wv (or w_gate/w_up) were replaced is fused again.
+    Returns `weights` (the same object).
+    """
+    for L in weights.layers:
+        qkv = [L.wq, L.wk, L.wv]
+        if not _views_of(L.wqkv, qkv):
+            L.wqkv, (L.wq, L.wk, L.wv) = _fuse(qkv)
+        gate_up = [L.w_gate, L.w_up]
+        if not _views_of(L.w_gate_up, gate_up):
+            L.w_gate_up, (L.w_gate, L.w_up) = _fuse(gate_up)
+    return weights

@@ -102,6 +102,23 @@ def test_bad_inputs_raise_value_error(day, device, case):
         day.rmsnorm(x, w, 1e-5)
 
 
+@pytest.mark.parametrize("block_size", [48, 96])
+def test_block_size_not_a_power_of_two_is_refused_or_handled(day, device, block_size):
+    """The tree reduction halves the active threads each step: with 96 threads the step 3 -> 1 drops
+    partial[2], so the sum misses a third of the block. A block size that is not a power of two must
+    raise a one-line ValueError, or (if you handle it) give HF's answer."""
+    hidden = 97
+    x = rows_at_many_scales(2, hidden, torch.float32, device, seed=block_size)
+    w = random_weight(hidden, torch.float32, device)
+    try:
+        out = day.rmsnorm(x, w, 1e-5, block_size=block_size)
+    except ValueError as e:
+        assert "\n" not in str(e).strip(), f"error messages are one line, got {str(e)!r}"
+        return
+    assert_close(out, hf_rmsnorm(x, w, 1e-5), f"rmsnorm block_size={block_size} (not a power of two: "
+                 "refuse it with a ValueError, or make the reduction handle it)")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("hidden", [576, 2048])
 @pytest.mark.parametrize("block_size", [128, 256, 1024])

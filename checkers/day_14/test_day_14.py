@@ -24,9 +24,11 @@ def block(sizes):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("H, KV, T, S", [(4, 2, 5, 5), (9, 3, 2, 5), (4, 4, 3, 3)],
-                         ids=["GQA-4/2-oddT", "SmolLM2-9/3-T<S", "MHA-4/4"])
+@pytest.mark.parametrize("H, KV, T, S", [(4, 2, 5, 5), (9, 3, 2, 5), (4, 4, 3, 3), (8, 2, 3, 4), (12, 4, 2, 3)],
+                         ids=["GQA-4/2-oddT", "SmolLM2-9/3-T<S", "MHA-4/4", "GQA-8/2", "GQA-12/4"])
 def test_matches_reference(day, sizes, device, block, dtype, H, KV, T, S):
+    """Query head h reads KV head h // (H // KV). 8/2 and 12/4 have H / KV != KV (in 4/2 and 9/3
+    the group size equals the KV head count, so mixing up the two passes there)."""
     T, S, hd = sizes(tiny=(T, S, 16), real=(T * 100 + 1, S * 100 + 1, 64))
     q, k, v = qkv(T, S, H, KV, hd, dtype, device)
     out = day.attention(q, k, v, block_size=block)

@@ -11,6 +11,11 @@ from shared.course.testing import cuda_time_ms, randn, record_bench
 CHI2_CRIT_P001 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7: 24.322}
 
 LAUNCHES = [dict(block_size=32), dict(block_size=64, lanes=8), dict(block_size=32, lanes=32)]
+# several blocks per row: slices of `chunk` tokens, merged by a second launch (chunks that do not
+# divide the vocab, more slices than the merge has lanes, and one lane per row)
+SLICED = [dict(block_size=32, chunk=16), dict(block_size=64, lanes=8, chunk=50), dict(block_size=32, lanes=4, chunk=7),
+          dict(block_size=32, lanes=1, chunk=3)]
+SLICED_IDS = ["chunk16", "lanes8-chunk50", "lanes4-chunk7", "lanes1-chunk3"]
 
 
 def check_tokens(got, expected, what):
@@ -56,6 +61,58 @@ def test_ties_go_to_the_lowest_index(day, device, launch):
     check_tokens(day.sample(h, 0.0, **launch), torch.zeros(2, dtype=torch.int64), f"all-equal rows {launch}")
 
 
+@pytest.mark.parametrize("launch", SLICED, ids=SLICED_IDS)
+def test_greedy_over_many_blocks_equals_torch_argmax(day, sizes, device, launch):
+    """The vocab cut into slices, one block each: random rows (some -inf), odd vocab sizes."""
+    for vocab in sizes(tiny=[45, 203], real=[49152, 128257]):
+        x = randn(3, vocab, device=device, seed=vocab + 1, scale=3.0)
+        x[1, ::3] = float("-inf")
+        x[2, : vocab // 2] = float("-inf")
+        check_tokens(day.sample(x, 0.0, **launch), torch.argmax(x, dim=-1), f"greedy sample V={vocab} {launch}")
+
+
+@pytest.mark.parametrize("launch", SLICED, ids=SLICED_IDS)
+def test_ties_across_blocks_go_to_the_lowest_index(day, sizes, device, launch):
+    """The max appears 2-3 times in DIFFERENT slices (lower index sometimes in a slice a later lane
+    or a later step merges); a row whose only max is in the last, partial slice; a row whose max
+    is the very last token; a row of all -inf (torch.argmax: 0); every entry tied (0)."""
+    vocab = sizes(tiny=203, real=128257)
+    g = torch.Generator().manual_seed(vocab + launch["chunk"])
+    x = randn(9, vocab, device=device, seed=11)
+    for r in range(5):
+        spots = torch.randperm(vocab, generator=g)[: 2 + r % 2]
+        x[r, spots] = 9.0
+    x[5, vocab - 3] = 9.0                        # only in the last slice (vocab is not a multiple of chunk)
+    x[6, vocab - 1] = 9.0
+    x[7] = float("-inf")
+    x[8] = 0.5
+    check_tokens(day.sample(x, 0.0, **launch), torch.argmax(x, dim=-1), f"greedy ties across blocks {launch}")
+    h = torch.zeros(2, 70, dtype=torch.float16, device=device)
+    h[0, [5, 20, 40, 69]] = 1.0                  # four tied maxima in four slices of 16 (or 7, or 50)
+    check_tokens(day.sample(h, 0.0, **launch), torch.tensor([5, 0]), f"fp16 ties across blocks {launch}")
+
+
+def test_slices_stay_inside_their_row(day, device):
+    """Each row's slices stop at the end of that row: the next row's larger values are not its own."""
+    x = torch.zeros(3, 45, device=device)
+    x[0, 40] = 1.0
+    x[1] += 5.0
+    x[1, 44] = 6.0
+    x[2, 1] = 7.0
+    check_tokens(day.sample(x, 0.0, block_size=32, chunk=16), torch.tensor([40, 44, 1]), "greedy rows of 3 slices")
+
+
+def test_greedy_is_capture_safe(day, device):
+    """sample runs inside the captured decode step: nothing may read a tensor back to the host."""
+    from shared.course.testing import no_host_reads
+    x = randn(2, 100, device=device, seed=12)
+    with no_host_reads():
+        got = day.sample(x, 0.0, block_size=32, chunk=9)
+        one = day.sample(x[0], 0.0, block_size=32, chunk=9)
+    check_tokens(got, torch.argmax(x, dim=-1), "greedy under the no-host-read guard")
+    check_tokens(one, torch.argmax(x[0]), "greedy [V] under the no-host-read guard")
+
+
 def test_1d_logits_give_a_0d_token(day, device):
     x = randn(50, device=device, seed=1)
     got = day.sample(x, block_size=32)
@@ -98,15 +155,19 @@ def reference_probs(logits, temperature, top_k, top_p):
     return p
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 0, 1.0), (1.5, 6, 0.85)],
-                         ids=["temperature", "top_k+top_p"])
-def test_draws_follow_softmax_over_temperature(day, sizes, device, temperature, top_k, top_p):
-    """Thousands of draws in ONE call ([N, 8], every row the same logits) vs the expected histogram."""
+@pytest.mark.parametrize("temperature, top_k, top_p, chunk", [(0.7, 0, 1.0, None), (1.5, 6, 0.85, None),
+                                                              (0.7, 0, 1.0, 4)],
+                         ids=["temperature", "top_k+top_p", "temperature-2-slices"])
+def test_draws_follow_softmax_over_temperature(day, sizes, device, temperature, top_k, top_p, chunk):
+    """Thousands of draws in ONE call ([N, 8], every row the same logits) vs the expected histogram;
+    also with each row cut into 2 slices (the slices' winners merged by a second launch)."""
     n = sizes(tiny=2000, real=200_000)
     logits = torch.tensor([1.0, -0.5, 2.0, 0.3, -1.2, 0.9, 1.6, -0.1])
     probs = reference_probs(logits, temperature, top_k, top_p)
     gen = torch.Generator(device=device).manual_seed(1234)
     kw = dict(block_size=64) if sizes.sim else {}
+    if chunk:
+        kw["chunk"] = chunk
     tokens = day.sample(logits.to(device).repeat(n, 1), temperature, top_k, top_p, gen, **kw)
     assert tokens.shape == (n,), f"sample of [{n}, 8] logits must give [{n}] tokens, got {tuple(tokens.shape)}"
     chi_square(tokens, probs, f"sample(T={temperature}, top_k={top_k}, top_p={top_p})")
@@ -140,10 +201,13 @@ def test_top_p_never_leaves_the_nucleus(day, sizes, device):
                           f"higher-ranked tokens already hold {float(before[bad[0]]):.3f} of the mass (outside the nucleus)")
 
 
-def test_top_k_1_and_tiny_temperature_are_greedy(day, sizes, device):
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_top_k_1_and_tiny_temperature_are_greedy(day, sizes, device, chunk):
     x = distinct_logits(*sizes(tiny=(6, 50), real=(64, 49152)), seed=5, device=device)
     want = torch.argmax(x, dim=-1)
     kw = dict(block_size=64) if sizes.sim else {}
+    if chunk:
+        kw["chunk"] = chunk if sizes.sim else 4099
     gen = torch.Generator(device=device).manual_seed(0)
     check_tokens(day.sample(x, 1e-4, 0, 1.0, gen, **kw), want, "sample(temperature=1e-4) must be the argmax")
     check_tokens(day.sample(x, 2.0, 1, 1.0, gen, **kw), want, "sample(top_k=1) must be the argmax")
@@ -160,10 +224,12 @@ def test_seeded_generator_is_reproducible(day, device):
     assert not torch.equal(a, c), "different seeds gave identical tokens for 32 rows at temperature 3"
 
 
-@pytest.mark.parametrize("bad", [dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)])
-def test_bad_arguments_raise_value_error(day, device, bad):
+@pytest.mark.parametrize("bad", [dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1), dict(chunk=0),
+                                 dict(chunk=-4)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_bad_arguments_raise_value_error(day, device, bad, temperature):
     with pytest.raises(ValueError):
-        day.sample(torch.zeros(10, device=device), 1.0, **bad)
+        day.sample(torch.zeros(10, device=device), temperature, **bad)
 
 
 def test_bad_shape_raises_value_error(day, device):
@@ -203,3 +269,39 @@ def test_bench_greedy_and_sampling_vs_torch(day, device):
     assert result["top_p_ratio"] < 1.5, (
         f"top-p sampling takes {result['sample_top_p_ms']:.3f} ms, {result['top_p_ratio']:.2f}x the reference's "
         f"{result['reference_top_p_ms']:.3f} ms: is the kernel doing more than one pass over the vocabulary?")
+
+
+def single_and_many_blocks_us(day, x):
+    """Microseconds per greedy call, graph-replayed: the vocab in one block vs the default slices."""
+    from shared.course.testing import graph_us
+    return graph_us(lambda: day.sample(x, 0.0, chunk=x.shape[-1])), graph_us(lambda: day.sample(x, 0.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", [dict(), dict(chunk=1000), dict(chunk=4099, block_size=1024), dict(block_size=128),
+                                    dict(chunk=128257)],
+                         ids=["auto", "chunk1000", "chunk4099-b1024", "b128", "one-block"])
+def test_llama_vocab_greedy_many_blocks(day, device, launch):
+    """Llama-3's vocab (128 256), fp32 and fp16, [1, V] and [8, V]: random rows plus ties across slices."""
+    for rows, dtype in [(1, torch.float32), (8, torch.float16)]:
+        x = randn(rows, 128256, dtype=dtype, device=device, seed=rows, scale=4.0)
+        x[0, [77_000, 3_000, 128_255]] = 50.0
+        check_tokens(day.sample(x, 0.0, **launch), torch.argmax(x.float(), dim=-1),
+                     f"greedy [{rows}, 128256] {dtype} {launch}")
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+def test_bench_greedy_many_blocks_vs_one(day, device):
+    """One decode row of Llama-3's 128 256 fp32 logits: greedy over many blocks (the default) vs the
+    same kernel with the whole vocab in ONE block (chunk = V), graph-replayed, same run. One block
+    keeps one SM of the GPU's 100+ busy; the slices should make it at least 3x faster."""
+    x = randn(1, 128256, device=device, seed=13, scale=4.0)
+    check_tokens(day.sample(x, 0.0), torch.argmax(x, dim=-1), "greedy 128256 (the timed call)")
+    check_tokens(day.sample(x, 0.0, chunk=x.shape[-1]), torch.argmax(x, dim=-1), "greedy 128256, one block")
+    one_us, many_us = single_and_many_blocks_us(day, x)
+    result = dict(vocab=128256, one_block_us=round(one_us, 2), many_blocks_us=round(many_us, 2),
+                  speedup=round(one_us / many_us, 2))
+    record_bench("day_17_greedy_many_blocks", result)
+    assert one_us >= 3 * many_us, (f"greedy over many blocks takes {many_us:.1f} us, one block {one_us:.1f} us "
+                                   f"(only {one_us / many_us:.1f}x): are the slices spread over the grid?")

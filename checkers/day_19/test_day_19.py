@@ -101,19 +101,30 @@ def test_positions_outside_the_cache_are_skipped(day, device, block_size):
     assert_close(v_cache, want_v, "v_cache after writing positions [-1, max_seq, 3, max_seq+5]", atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["k_heads", "positions", "cache_shapes"])
+@pytest.mark.parametrize("case", ["k_heads", "k_head_dim_larger", "k_head_dim_smaller", "v_head_dim", "positions",
+                                  "cache_shapes"])
 def test_bad_shapes_raise_value_error(day, device, case):
+    """Every shape mismatch is refused before the launch. A k whose head_dim differs from the
+    cache's would write past each cache row (larger) or leave part of it stale (smaller)."""
     kc, vc = torch.zeros(2, 8, 4, device=device), torch.zeros(2, 8, 4, device=device)
     k, v = torch.zeros(3, 2, 4, device=device), torch.zeros(3, 2, 4, device=device)
     pos = positions_tensor([0, 1, 2], device)
     if case == "k_heads":
         k = v = torch.zeros(3, 3, 4, device=device)
+    elif case == "k_head_dim_larger":
+        k = v = torch.zeros(3, 2, 6, device=device)
+    elif case == "k_head_dim_smaller":
+        k = v = torch.zeros(3, 2, 3, device=device)
+    elif case == "v_head_dim":
+        v = torch.zeros(3, 2, 3, device=device)
     elif case == "positions":
         pos = positions_tensor([0, 1], device)
     else:
         vc = torch.zeros(2, 9, 4, device=device)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as e:
         day.kv_write(kc, vc, k, v, pos)
+        pytest.fail(f"kv_write accepted bad shapes ({case}): raise ValueError before launching")
+    assert "\n" not in str(e.value).strip(), f"error messages are one line, got {str(e.value)!r}"
 
 
 # ---- the cache in a real decode: equal to Hugging Face's past_key_values ------------------------

@@ -34,9 +34,12 @@ def _expected(q, k, v, cache_len):
     return reference.decode_attention(q, k, v, cache_len)   # reads only the first cache_len positions
 
 
-# (H, KV, hd, max_seq, n): length 1, odd lengths longer than a block, the full cache, GQA 9/3
-TINY = [(4, 2, 16, 8, 1), (4, 2, 16, 40, 37), (4, 2, 16, 24, 24), (9, 3, 8, 20, 13)]
-REAL = [(9, 3, 64, 2048, 1), (9, 3, 64, 2048, 1001), (9, 3, 64, 2048, 2048), (32, 8, 128, 4096, 3333)]
+# (H, KV, hd, max_seq, n): length 1, odd lengths longer than a block, the full cache, GQA 9/3, and
+# GQA 8/2 and 12/4, where the group size H / KV differs from KV (in 4/2 and 9/3 they are equal)
+TINY = [(4, 2, 16, 8, 1), (4, 2, 16, 40, 37), (4, 2, 16, 24, 24), (9, 3, 8, 20, 13), (8, 2, 8, 12, 7),
+        (12, 4, 8, 10, 10)]
+REAL = [(9, 3, 64, 2048, 1), (9, 3, 64, 2048, 1001), (9, 3, 64, 2048, 2048), (32, 8, 128, 4096, 3333),
+        (12, 4, 64, 1024, 777)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -4,6 +4,7 @@ Sim tier (no graphs there): the bucket rule, and the discipline -- run() follows
 every call and asks step() for the right (batch, bucket). GPU: capture, replay after the buffers
 change (no stale values), one capture per key, and graph == eager token for token.
 """
+import gc
 import time
 
 import pytest
@@ -143,6 +144,69 @@ def test_one_capture_per_key_and_replay_after_the_buffers_change(day, device):
     assert graphs.captures == 3, (f"{graphs.captures} captures for keys (1,16), (1,32), (2,16): capture once "
                                   "per new (batch size, bucket), replay otherwise")
     assert len(graphs.graphs) == 3
+
+
+class CaptureSpy(ToyStep):
+    """A ToyStep that notes, for every call made while the current stream captures, whether the
+    garbage collector was on; it also allocates a scratch buffer, as a real step does."""
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.gc_on_during_capture = []
+
+    def __call__(self, batch_size, bucket):
+        if torch.cuda.is_current_stream_capturing():
+            self.gc_on_during_capture.append(gc.isenabled())
+        scratch = torch.empty(1 << 18, device=self.x.device)     # 1 MiB: comes from the graph's pool
+        scratch.fill_(0.0)
+        return super().__call__(batch_size, bucket)
+
+
+@pytest.mark.gpu
+def test_capture_runs_with_the_garbage_collector_off(day, device):
+    """A collection during a capture can run a finalizer that frees CUDA memory or synchronizes
+    (a tensor caught in a reference cycle): illegal while the stream captures, and it strikes at
+    random. The collector must be off for every capture (gc.disable()) and on again afterwards
+    (gc.enable() in a finally)."""
+    step = CaptureSpy(device)
+    graphs = day.DecodeGraphs(step, max_len=64, min_bucket=16)
+    gc.enable()                   # as in a program that never touched it
+    try:
+        for i, n in enumerate((5, 20, 40)):
+            want = step.set(seed=i, position=n)
+            assert_close(graphs.run(1, n), want, f"run(1, {n})", atol=1e-6, rtol=1e-6)
+        collector_on_after = gc.isenabled()
+    finally:
+        gc.enable()
+    seen = step.gc_on_during_capture
+    assert len(seen) == 3, f"step() ran {len(seen)} times while a stream was capturing, expected 3 (one per new key)"
+    assert not any(seen), (f"the garbage collector was on during {sum(seen)} of {len(seen)} captures: call "
+                           "gc.disable() before capturing and gc.enable() in a finally")
+    assert collector_on_after, "the garbage collector is still off after run(): gc.enable() once the capture ends"
+
+
+@pytest.mark.gpu
+def test_every_graph_shares_one_memory_pool(day, device, monkeypatch):
+    """Graphs never replay at the same time, so they can share one memory pool
+    (torch.cuda.graph_pool_handle()): a graph with a pool of its own keeps its own copy of every
+    buffer the step allocates, once per batch size and bucket."""
+    captured = []
+    begin = torch.cuda.CUDAGraph.capture_begin
+
+    def spy(self, *args, **kwargs):
+        captured.append(self)
+        return begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", spy)
+    step = CaptureSpy(device)
+    graphs = day.DecodeGraphs(step, max_len=128, min_bucket=16)
+    for i, (b, n) in enumerate([(1, 5), (1, 20), (1, 40), (2, 5), (1, 100)]):
+        want = step.set(seed=i, position=n)
+        assert_close(graphs.run(b, n), want, f"run({b}, {n})", atol=1e-6, rtol=1e-6)
+    assert len(captured) == 5, f"{len(captured)} torch.cuda.CUDAGraph captures for 5 keys"
+    pools = {g.pool() for g in captured}
+    assert len(pools) == 1, (f"{len(captured)} graphs in {len(pools)} memory pools: make one "
+                             "torch.cuda.graph_pool_handle() and pass it to every capture (pool=...)")
 
 
 @pytest.mark.gpu

@@ -32,8 +32,10 @@ def _qkv(T, S, H, KV, D, dtype, device, seed):
 
 
 # (T, S, H, KV, D): one query; fewer queries than a tile; odd T over several tiles with T < S (GQA 2);
-# exactly one tile; head dim 32 (two 4-wide runs per thread); MHA
-TINY = [(1, 1, 2, 1, 16), (5, 5, 4, 2, 16), (19, 37, 4, 2, 16), (16, 16, 2, 2, 16), (7, 21, 3, 1, 32)]
+# exactly one tile; head dim 32 (two 4-wide runs per thread); MHA; GQA 6/2, where the group size
+# H / KV differs from KV (in 4/2 and 9/3 they are equal)
+TINY = [(1, 1, 2, 1, 16), (5, 5, 4, 2, 16), (19, 37, 4, 2, 16), (16, 16, 2, 2, 16), (7, 21, 3, 1, 32),
+        (3, 5, 6, 2, 16)]
 REAL = [(1, 1, 2, 1, 64), (37, 37, 9, 3, 64), (100, 333, 9, 3, 64), (1000, 1000, 32, 8, 64), (64, 64, 4, 4, 64),
         (129, 129, 4, 4, 128), (77, 90, 8, 2, 128), (65, 65, 2, 1, 32), (50, 60, 2, 1, 96)]
 
@@ -50,8 +52,10 @@ def test_matches_reference(day, sizes, device, tile, dtype):
 
 
 # the tensor-core path: fp16 only, head dims in steps of 16. (T, S, H, KV, D): one query; fewer
-# queries than a warp's 16 rows; odd T over several tiles with T < S and GQA 2/1; GQA 9/3; hd 32
-TINY_TC = [(1, 1, 2, 1, 16), (5, 5, 2, 2, 16), (19, 33, 2, 1, 16), (3, 10, 9, 3, 16), (7, 21, 2, 1, 32)]
+# queries than a warp's 16 rows; odd T over several tiles with T < S and GQA 2/1; GQA 9/3; hd 32;
+# GQA 6/2 (group size 3 != KV)
+TINY_TC = [(1, 1, 2, 1, 16), (5, 5, 2, 2, 16), (19, 33, 2, 1, 16), (3, 10, 9, 3, 16), (7, 21, 2, 1, 32),
+           (2, 4, 6, 2, 16)]
 REAL_TC = [(1, 1, 2, 1, 64), (5, 5, 4, 2, 64), (37, 37, 9, 3, 64), (100, 333, 9, 3, 64), (1000, 1000, 32, 8, 64),
            (129, 129, 4, 4, 128), (77, 90, 8, 2, 128), (15, 15, 2, 1, 128), (300, 301, 6, 2, 32), (50, 60, 2, 1, 96)]
 # P is rounded to fp16 before P V (as in FlashAttention-2): a few fp16 ulps more than the fp32 oracle
@@ -165,6 +169,50 @@ def test_bad_inputs_raise_value_error(day, device):
         with pytest.raises(ValueError):
             day.attention(*args, **kwargs)
             pytest.fail(f"attention accepted {what}; raise ValueError before any launch")
+
+
+def _off_alignment(x):
+    """x's values in a view that starts one element (2 bytes in fp16) past a 16-byte boundary;
+    its strides are x's, so every row is still a multiple of 16 bytes long."""
+    flat = torch.empty(x.numel() + 8, dtype=x.dtype, device=x.device)
+    view = flat[1:1 + x.numel()].view(x.shape)
+    view.copy_(x)
+    assert view.data_ptr() % 16 and all(st * view.element_size() % 16 == 0 for st in view.stride()[:-1]), \
+        "test setup: the view should be off 16-byte alignment only at its base address"
+    return view
+
+
+@pytest.mark.parametrize("tensor_cores", PATHS)
+def test_16_byte_loads_only_from_16_byte_aligned_views(day, sizes, device, tile, tc_tile, tensor_cores, monkeypatch):
+    """A view can start anywhere (the engine slices its cache and its qkv tensor): here q, k or v
+    starts 2 bytes past a 16-byte boundary although its row strides are multiples of 16 bytes. A
+    16-byte load from there faults on a GPU (misaligned address), so the kernel must read it with
+    the element-wise loads: check each tensor's base address (data_ptr), not only its strides.
+    The simulator has no alignment: there the test looks at which kernel attention picks."""
+    import sys
+    module = sys.modules[day.attention.__module__]
+    wide = []
+    pick = module.flash_kernel_for
+
+    def spy(*args, **kwargs):
+        wide.append(args[2] if len(args) > 2 else kwargs["wide"])
+        return pick(*args, **kwargs)
+
+    monkeypatch.setattr(module, "flash_kernel_for", spy)
+    T, S, H, KV, D = sizes(tiny=(3, 6, 2, 1, 16), real=(37, 70, 8, 2, 64))
+    q, k, v = _qkv(T, S, H, KV, D, torch.float16, device, seed=12)
+    expected = reference.attention(q, k, v)
+    for which in ("q", "k", "v"):
+        args = {"q": q, "k": k, "v": v}
+        args[which] = _off_alignment(args[which])
+        wide.clear()
+        out = day.attention(args["q"], args["k"], args["v"], tile=tc_tile if tensor_cores else tile,
+                            tensor_cores=tensor_cores)
+        assert_close(out, expected, f"attention(tensor_cores={tensor_cores}) with {which} 2 bytes off 16-byte "
+                     "alignment", **(TC_TOL if tensor_cores else tol(torch.float16, 5)))
+        assert wide, "attention must pick its kernel with flash_kernel_for(hd, tile, wide, tensor_cores)"
+        assert not any(wide), (f"16-byte loads chosen for a {which} that starts {args[which].data_ptr() % 16} bytes "
+                               "past a 16-byte boundary: check data_ptr() % 16 too (_wide_ok), not only the strides")
 
 
 # ---- GPU only -------------------------------------------------------------------------------------------

@@ -169,8 +169,11 @@ def test_misuse_raises_value_error(day):
     a = day.BlockAllocator(6, 2)
     a.allocate("x", 3)
     a.allocate("y", 1)
-    before = snapshot(a, ["x", "y"])
+    a.allocate("e", 0)                           # allocated, no block: it exists all the same
+    before = snapshot(a, ["x", "y", "e"])
     for what, call in [("allocate('x', 1): x exists", lambda: a.allocate("x", 1)),
+                       ("allocate('e', 0) twice: e exists (with 0 tokens)", lambda: a.allocate("e", 0)),
+                       ("fork('x', 'e'): e exists (with 0 tokens)", lambda: a.fork("x", "e")),
                        ("allocate('z', -1)", lambda: a.allocate("z", -1)),
                        ("fork('x', 'y'): y exists", lambda: a.fork("x", "y")),
                        ("slot('x', 3): length is 3", lambda: a.slot("x", 3)),
@@ -180,7 +183,7 @@ def test_misuse_raises_value_error(day):
             call()
             pytest.fail(f"{what} must raise ValueError")
         one_line(e.value)
-        assert_unchanged(a, ["x", "y"], before, what)
+        assert_unchanged(a, ["x", "y", "e"], before, what)
     with pytest.raises(ValueError):
         a.length("z")                            # the failed allocate('z', -1) registered nothing
 

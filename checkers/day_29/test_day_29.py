@@ -102,6 +102,20 @@ def test_prompt_then_tokens_read_back_as_the_contiguous_cache(day, sizes, device
     step([(a, 1)], "a T=1 step", seed=90)
 
 
+def padding_index_error(e, slots, bs):
+    """The simulator's IndexError for a padding slot, as what it means: which slot, which index."""
+    from shared.course.testing import sim_index_error
+    where = sim_index_error(e)
+    if where is None:
+        return f"paged_kv_write raised IndexError: {str(e).splitlines()[0] if str(e) else ''}"
+    index, axis, size = where
+    culprit = next((s for s in slots if s < 0 and index in (s // bs, s % bs, s)), None)
+    why = (f"slot {culprit} (padding) gives block {culprit} // {bs} = {culprit // bs}, offset {culprit % bs}"
+           if culprit is not None else "a slot the kernel should have skipped")
+    return (f"paged_kv_write indexed the pool at {index} (axis {axis}, size {size}) with slot_mapping {slots}: "
+            f"{why} -- negative slots are padding: skip slot < 0 in the kernel before computing its block")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_padding_slots_are_never_written(day, device, dtype):
     """slot < 0 means "no token here". A kernel that still writes it computes block -1, offset
@@ -111,7 +125,13 @@ def test_padding_slots_are_never_written(day, device, dtype):
     slots = [-1, 6, -1, -4, 13, -5, -2147483648]
     k = randn(len(slots), kv, hd, dtype=dtype, device=device, seed=3)
     v = randn(len(slots), kv, hd, dtype=dtype, device=device, seed=4)
-    day.paged_kv_write(k_pool, v_pool, k, v, slots_tensor(slots, device), threads=32)
+    problem = None
+    try:
+        day.paged_kv_write(k_pool, v_pool, k, v, slots_tensor(slots, device), threads=32)
+    except IndexError as e:       # the simulator's bounds check, where a GPU writes someone else's memory
+        problem = padding_index_error(e, slots, bs)
+    if problem:
+        pytest.fail(problem)
     for name, pool, src in (("k_pool", k_pool, k), ("v_pool", v_pool, v)):
         flat = pool.permute(0, 2, 1, 3).reshape(num_blocks * bs, kv, hd)          # [slot, KV, hd]
         written = torch.zeros(num_blocks * bs, dtype=torch.bool)
@@ -123,6 +143,37 @@ def test_padding_slots_are_never_written(day, device, dtype):
         assert torch.isnan(untouched).all(), \
             f"{name}: {int((~torch.isnan(untouched)).sum())} elements outside the addressed slots 6 and 13 were " \
             f"written (slot_mapping {slots}: negative slots are padding)"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slots_past_the_end_of_the_pool_are_never_written(day, device, dtype):
+    """The engine passes one layer of [layers, num_blocks, ...]: a slot >= num_blocks * block_size
+    would land in the next layer's blocks on a GPU (no error, just someone else's KV overwritten).
+    The kernel's guard skips it; only the slots inside the pool are written."""
+    layers, num_blocks, kv, bs, hd = 3, 4, 2, 4, 3
+    end = num_blocks * bs
+    k_all, v_all = nan_pools(layers * num_blocks, kv, bs, hd, dtype, device)
+    k_all, v_all = k_all.view(layers, num_blocks, kv, bs, hd), v_all.view(layers, num_blocks, kv, bs, hd)
+    slots = [end, 5, end + bs + 1, end - 1, 2 * end - 1]
+    k = randn(len(slots), kv, hd, dtype=dtype, device=device, seed=15)
+    v = randn(len(slots), kv, hd, dtype=dtype, device=device, seed=16)
+    want_k, want_v = k_all.clone(), v_all.clone()
+    for t, s in enumerate(slots):
+        if s < end:
+            want_k[1, s // bs, :, s % bs], want_v[1, s // bs, :, s % bs] = k[t], v[t]
+    try:
+        day.paged_kv_write(k_all[1], v_all[1], k, v, slots_tensor(slots, device), threads=32)
+    except Exception as e:        # the simulator raises IndexError where a GPU writes out of bounds
+        pytest.fail(f"paged_kv_write indexed past the pool with slot_mapping {slots} (pool of {end} slots): "
+                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} -- skip slots >= "
+                    "num_blocks * block_size in the kernel")
+    for name, got, want in (("k", k_all, want_k), ("v", v_all, want_v)):
+        assert_close(got[0], want[0], f"layer 0's {name} pool after writing layer 1 with slots {slots} "
+                     f"(slots >= {end} are past the pool)", atol=0, rtol=0)
+        assert_close(got[2], want[2], f"layer 2's {name} pool after writing layer 1 with slots {slots} "
+                     f"(slots >= {end} are past the pool: skip them)", atol=0, rtol=0)
+        assert_close(got[1], want[1], f"layer 1's {name} pool: slots 5 and {end - 1} written, nothing else",
+                     atol=0, rtol=0)
 
 
 def test_first_and_last_slot_of_the_pool(day, device):

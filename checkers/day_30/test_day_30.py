@@ -3,7 +3,9 @@
 Oracles: shared.reference.paged_decode_attention, and the contiguous decode attention of day 20's
 contract on the blocks gathered back into one cache per sequence. The pool is poisoned (NaN)
 everywhere no sequence owns, and past each sequence's length inside its last block; table
-entries past a sequence's last block hold -1 or huge garbage: reading any of them shows.
+entries past a sequence's last block hold -1 or huge garbage: reading any of them shows. Also
+checked: GQA groups whose size is not the number of KV heads, in a batch; no sequences, no blocks
+and length 0 give written zeros.
 """
 import gc
 
@@ -99,7 +101,7 @@ def test_length_zero_gives_zeros_and_unused_entries_are_never_read(day, sizes, d
            block_size=bs)
 
 
-@pytest.mark.parametrize("knobs", [dict(splits=1), dict(splits=5, merge_block=64), dict(block_size=64)])
+@pytest.mark.parametrize("knobs", [dict(splits=1), dict(splits=5, merge_block=32), dict(block_size=64)])
 def test_any_knob_setting(day, sizes, device, bs, knobs):
     """One split per sequence is day 20 with a table; one KV block per split is all merge."""
     kv_block = sizes(tiny=4, real=16)
@@ -117,6 +119,53 @@ def test_gqa_9_3_and_head_dim_not_a_multiple_of_8(day, sizes, device, bs):
     case = _paged_case(lengths, H, KV, hd, kv_block, sizes(tiny=3, real=100), sizes(tiny=7, real=300),
                        torch.float32, device, seed=4)
     _check(day, case, f"paged_decode_attention H={H} KV={KV} hd={hd}", torch.float32, block_size=bs)
+
+
+@pytest.mark.parametrize("H,KV", [(8, 2), (12, 4)])
+def test_gqa_group_is_h_over_kv_not_kv_in_a_batch(day, sizes, device, bs, H, KV):
+    """Query head h reads KV head h // (H / KV), in every sequence of the batch. With H / KV == KV
+    (9 / 3, 4 / 2) a kernel that used KV as the group size would pass; 8 / 2 and 12 / 4 do not."""
+    kv_block = sizes(tiny=4, real=16)
+    hd, max_blocks, num_blocks = sizes(tiny=(16, 4, 16), real=(64, 128, 600))
+    lengths = sizes(tiny=[13, 5, 16], real=[2000, 70, 1, 777])
+    case = _paged_case(lengths, H, KV, hd, kv_block, max_blocks, num_blocks, torch.float32, device, seed=H)
+    for splits in sizes(tiny=[0, 3], real=[0, 9]):
+        _check(day, case, f"paged_decode_attention H={H} KV={KV} (groups of {H // KV}) lengths {lengths} "
+               f"splits={splits or 'auto'}", torch.float32, splits=splits, block_size=bs, merge_block=bs)
+
+
+def _poisoned_call(day, shape, dtype, device, *args, **knobs):
+    """Free a NaN-filled tensor of the output's size just before the call: an allocator hands the
+    same memory back, so an output that is returned without being written shows NaN, not zeros."""
+    junk = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    del junk
+    return day.paged_decode_attention(*args, **knobs)
+
+
+def test_no_sequences_or_no_blocks_or_no_keys_give_exact_zeros(day, sizes, device, bs):
+    """B == 0 returns [0, H, hd]; a table with no blocks (max_blocks == 0) and sequences of length 0
+    return zeros -- written zeros, not whatever memory the output happened to get."""
+    H, KV, hd, kv_block = 4, 2, 16, 4
+    pool = randn(6, KV, kv_block, hd, device=device, seed=12)
+    for dtype in DTYPES:
+        q = randn(3, H, hd, dtype=dtype, device=device, seed=13)
+        kp, vp = pool.to(dtype), (2 * pool).to(dtype)
+        none = _poisoned_call(day, (0, H, hd), dtype, device, q[:0], kp, vp,
+                              torch.zeros(0, 2, dtype=torch.int32, device=device),
+                              torch.zeros(0, dtype=torch.int32, device=device), block_size=bs)
+        assert tuple(none.shape) == (0, H, hd), f"B == 0: output shape {tuple(none.shape)}, expected (0, {H}, {hd})"
+        for _ in range(2):
+            out = _poisoned_call(day, (3, H, hd), dtype, device, q, kp, vp,
+                                 torch.zeros(3, 0, dtype=torch.int32, device=device),
+                                 torch.zeros(3, dtype=torch.int32, device=device), block_size=bs)
+            assert out.shape == q.shape and bool((out == 0).all()), \
+                f"block tables with no blocks (max_blocks == 0, {dtype}): expected exact zeros, got {out.flatten()[:4]}"
+            tables = torch.tensor([[3, 0], [1, 4], [5, 2]], dtype=torch.int32, device=device)
+            out = _poisoned_call(day, (3, H, hd), dtype, device, q, kp, vp, tables,
+                                 torch.zeros(3, dtype=torch.int32, device=device), splits=2, block_size=bs,
+                                 merge_block=bs)
+            assert bool((out == 0).all()), \
+                f"every context length 0 ({dtype}): expected exact zeros, got {out.flatten()[:4]}"
 
 
 def test_same_buffers_replay_with_new_tables_and_lengths(day, sizes, device, bs):
@@ -262,3 +311,48 @@ def test_bench_paged_vs_contiguous(day, track, device):
             assert speed >= 0.8, (f"{name} B=1 length {n}: paged decode runs at {speed:.2f}x the contiguous kernel's "
                                   "speed (want >= 0.8x): look up each block once per key, keep the grid as "
                                   "big as day 27's")
+
+
+SHORT_FLOOR = 0.6   # x day 20's one-kernel speed at SHORT positions; see checkers/day_27 (issue 14's goal: 1.0)
+SHORT = 70          # the engine's case in issue 14: a short chat, a pool sized for 1024 tokens
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+def test_bench_short_context(day, track, device):
+    """What the engine's decode step pays at the start of a chat: 70 cached positions, B=1, fp16, a
+    table of 64 blocks of 16 (1024 positions), shuffled; replayed from CUDA graphs in this run against
+    day 20's contiguous kernel (and your day 27's) on the same keys in a cache of 1024."""
+    contiguous, whose = _contiguous_day_27(track)
+    base = day_module(20, "solutions").decode_attention
+    kv_block, max_seq = 16, 1024
+    max_blocks = max_seq // kv_block
+    result = {"gpu": torch.cuda.get_device_name(), "dtype": "fp16", "kv_block": kv_block, "max_seq": max_seq,
+              "context_len": SHORT, "timing": "CUDA graph replay", "unit": "us per call", "day27": whose}
+    for name, (H, KV, hd) in LAYOUTS.items():
+        k = randn(KV, max_seq, hd, dtype=torch.float16, device=device, seed=1)
+        v = randn(KV, max_seq, hd, dtype=torch.float16, device=device, seed=2)
+        q = randn(1, H, hd, dtype=torch.float16, device=device, seed=3)
+        perm = torch.randperm(max_blocks, generator=torch.Generator().manual_seed(0))
+        k_pool = torch.empty(max_blocks, KV, kv_block, hd, dtype=torch.float16, device=device)
+        v_pool = torch.empty_like(k_pool)
+        k_pool[perm.to(device)] = k.reshape(KV, max_blocks, kv_block, hd).transpose(0, 1)
+        v_pool[perm.to(device)] = v.reshape(KV, max_blocks, kv_block, hd).transpose(0, 1)
+        tables = perm[None].to(torch.int32).to(device)
+        lens = torch.full((1,), SHORT, dtype=torch.int32, device=device)
+        cache_len = torch.full((1,), SHORT, dtype=torch.int32, device=device)
+        assert_close(day.paged_decode_attention(q, k_pool, v_pool, tables, lens)[0],
+                     reference.decode_attention(q[0], k, v, cache_len), f"paged_decode_attention {name} at {SHORT}",
+                     **tol(torch.float16, 5))
+        t_paged = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, tables, lens))
+        t_27 = graph_us(lambda: contiguous(q[0], k, v, cache_len))
+        t_20 = graph_us(lambda: base(q[0], k, v, cache_len))
+        result[f"{name}_paged_us"] = round(t_paged, 2)
+        result[f"{name}_day27_us"] = round(t_27, 2)
+        result[f"{name}_day20_us"] = round(t_20, 2)
+        result[f"{name}_speed_vs_day20"] = round(t_20 / t_paged, 2)
+    record_bench("day_30_paged_decode_short", result)
+    for name in LAYOUTS:
+        speed = result[f"{name}_speed_vs_day20"]
+        assert speed >= SHORT_FLOOR, (f"{name}: at {SHORT} positions paged decode runs at {speed:.2f}x day 20's speed: does "
+                            "each block's work follow the live length, and does the merge read only live splits?")

@@ -272,6 +272,56 @@ def test_out_of_blocks_changes_no_other_sequence(day, paged_ops, device):
     assert_close(cache.k, k_before, "the k pool after a failed prompt", atol=0, rtol=0)
 
 
+def test_release_and_the_next_sequence_after_a_prompt_that_does_not_fit(day, paged_ops, device):
+    """A prompt bigger than the pool: prepare(0, T) raises OutOfBlocksError, and the engine then
+    calls release() (it always does when a generation ends). The failed prompt holds no blocks,
+    release() is quiet (twice, too), and the next sequence prepares, steps and releases as usual:
+    on a fresh cache and after a sequence that held blocks."""
+    cfg, bs, nb = _config(layers=2, kv=2, hd=3), 4, 6
+    for held_before in (False, True):
+        cache = day.PagedCache(paged_ops, cfg, nb, bs, torch.float32, device)
+        a = cache.allocator
+        if held_before:
+            cache.prepare(0, 5)
+        with pytest.raises(OutOfBlocksError):
+            cache.prepare(0, nb * bs + 1)
+        what = "after a prompt that does not fit" + (" (a sequence held blocks before)" if held_before else "")
+        assert a.num_free == nb, f"{what}: {a.num_free} of {nb} blocks free, expected all"
+        try:
+            cache.release()
+            cache.release()
+        except Exception as e:
+            pytest.fail(f"release() {what} raised {type(e).__name__}: {e} -- a prompt that failed holds nothing")
+        assert a.num_free == nb, f"release() {what}: {a.num_free} of {nb} blocks free"
+        cache.prepare(0, 6)
+        cache.prepare(6, 1)
+        table = a.block_table(0)
+        assert a.length(0) == 7 and cache.slot_mapping[:1].tolist() == _expected_slots(table, bs, 6, 1), \
+            f"the next sequence {what}: length {a.length(0)}, slot {cache.slot_mapping[:1].tolist()}"
+        assert cache.block_tables[0, :2].tolist() == table and cache.context_lens.tolist() == [7], \
+            f"the next sequence {what}: block_tables {cache.block_tables[0, :2].tolist()} (table {table}), " \
+            f"context_lens {cache.context_lens.tolist()}"
+        cache.release()
+        assert a.num_free == nb, f"the next sequence {what} leaked blocks: {a.num_free} of {nb} free"
+
+
+@pytest.mark.parametrize("H, KV", [(8, 2), (12, 4)])
+def test_query_heads_read_their_kv_head_in_every_path(day, paged_ops, device, H, KV):
+    """Query head h attends with KV head h // (H // KV): the prompt, a chunk after cached tokens
+    (gathered from the blocks), a decode step. 8/2 and 12/4: the group size H / KV differs from KV
+    (the tiny model's 4/2 cannot tell the two apart)."""
+    hd, bs = 16, 4                  # a head dim the flash kernels of days 25-26 support
+    cache = day.PagedCache(paged_ops, _config(layers=1, kv=KV, hd=hd), 8, bs, torch.float32, device)
+    keys, values = randn(12, KV, hd, device=device, seed=61), randn(12, KV, hd, device=device, seed=62)
+    for start, T, what in ((0, 5, "the prompt"), (5, 6, "a chunk after 5 cached tokens"), (11, 1, "a decode step")):
+        cache.prepare(start, T)
+        q = randn(T, H, hd, device=device, seed=63 + start)
+        out = cache(0, q, keys[start:start + T], values[start:start + T],
+                    torch.arange(start, start + T, dtype=torch.int32, device=device))
+        assert_close(out, reference.attention(q, keys[:start + T], values[:start + T]),
+                     f"attention of {what}, H={H} KV={KV}", atol=1e-5, rtol=1e-5)
+
+
 def _engine(day, model, track, sizes, dtype="fp32", **kw):
     """The engine with YOUR PagedCache (paged on whatever the track has finished); reference
     kernels in the simulator, the track's on a GPU."""
@@ -313,6 +363,21 @@ def test_engine_out_of_blocks_is_one_line_that_names_the_knob(day, tiny_model, t
     msg = str(err.value)
     assert len(msg.strip().splitlines()) == 1 and "num-blocks" in msg and "7 blocks" in msg, msg
     assert e.runner(8).backend.allocator.num_free == 3, "the failed sequence's blocks must go back to the pool"
+
+
+def test_engine_generates_again_after_a_prompt_that_does_not_fit(day, tiny_model, track, sizes):
+    """A 13-token prompt for a pool of 3 blocks of 4 fails at the prefill; the next request, which
+    fits (4 + 6 tokens), must generate what the static cache does and give its blocks back."""
+    e = _engine(day, tiny_model, track, sizes, block_size=4, num_blocks=3)
+    static = _engine(day, tiny_model, track, sizes)
+    static.use_paged = False
+    with pytest.raises(OutOfBlocksError):
+        list(e.generate_ids(PROMPT, max_new_tokens=2, ignore_eos=True))
+    ids = PROMPT[:4]
+    got = list(e.generate_ids(ids, max_new_tokens=6, ignore_eos=True))
+    assert got == list(static.generate_ids(ids, max_new_tokens=6, ignore_eos=True)), \
+        "after a prompt that did not fit, the next generation differs from the static cache's"
+    assert e.runner(len(ids) + 6).backend.allocator.num_free == 3, "the next generation's blocks must go back"
 
 
 def test_cli_prints_out_of_blocks_as_one_line_and_exits_2(tiny_model):

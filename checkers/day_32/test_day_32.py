@@ -90,6 +90,55 @@ def test_summary_numbers(day, ops):
     assert s.peak_table_entries == max(w["allocated"]) // 8
 
 
+@pytest.mark.parametrize("block_size", [7, 16])
+def test_pool_holds_every_request_at_once(day, ops, block_size):
+    """The lesson's pool never runs out: every request live at the same step, each ending mid-block,
+    needs one partly filled block per request -- sum the blocks of each request, do not round the
+    total token count once (that pool runs out here)."""
+    R = day.memory_study.Request
+    reqs = [R(0, 1 + i % 3, 2 + i % 2) for i in range(10)] + [R(1, block_size + 1, 2)]
+    try:
+        s = day.kv_memory_study(reqs, block_size=block_size, allocator_cls=ops.BlockAllocator)
+    except Exception as e:
+        pytest.fail(f"the study's pool ran out with {len(reqs)} requests live at once ({type(e).__name__}: {e}): "
+                    "size it per request, the sum of ceil((prompt_len + output_len) / block_size)")
+    want = expected(reqs, block_size)
+    assert list(s.allocated) == want["allocated"], f"allocated {list(s.allocated)}, expected {want['allocated']}"
+
+
+def test_workload_is_seeded(day):
+    """The same seed gives the same requests, whatever else used Python's random module in between;
+    other seeds give other requests."""
+    make = day.memory_study.make_workload
+    first = make(32, seed=3)
+    random.seed(12345)
+    random.random()
+    assert make(32, seed=3) == first, "make_workload(32, seed=3) changed between two calls: use random.Random(seed)"
+    assert make(32, seed=4) != first, "seeds 3 and 4 gave the same workload"
+
+
+def test_workload_lengths_are_log_uniform(day):
+    """Log-uniform in [lo, hi]: as many lengths below the geometric mean sqrt(lo * hi) as above it,
+    and each quarter of log(lo)..log(hi) gets a quarter of them (uniform lengths would put most
+    near the top). Arrivals uniform in [0, arrival_span)."""
+    n, span = 4000, 256
+    reqs = day.memory_study.make_workload(n, seed=11, prompt_range=(32, 1024), output_range=(16, 512),
+                                          arrival_span=span)
+    assert len(reqs) == n and [r.arrival for r in reqs] == sorted(r.arrival for r in reqs), \
+        "n requests, sorted by arrival step"
+    for name, (lo, hi) in (("prompt_len", (32, 1024)), ("output_len", (16, 512))):
+        values = [getattr(r, name) for r in reqs]
+        assert lo <= min(values) and max(values) <= hi, f"{name} outside [{lo}, {hi}]: {min(values)}..{max(values)}"
+        edges = [lo * (hi / lo) ** (q / 4) for q in range(1, 4)]
+        shares = [sum(v < e for v in values) / n for e in edges]
+        assert all(abs(got - want) < 0.04 for got, want in zip(shares, (0.25, 0.5, 0.75))), \
+            (f"{name}: shares below the log-quartiles {[round(e) for e in edges]} are {[round(x, 3) for x in shares]}, "
+             "expected about 0.25, 0.5, 0.75 (log-uniform: exp(uniform(log lo, log hi)))")
+    arrivals = [r.arrival for r in reqs]
+    assert 0 <= min(arrivals) and max(arrivals) < span, f"arrivals outside [0, {span}): {min(arrivals)}..{max(arrivals)}"
+    assert abs(sum(a < span / 2 for a in arrivals) / n - 0.5) < 0.04, "arrival steps are uniform over [0, arrival_span)"
+
+
 def test_bad_input_is_a_value_error(day, ops):
     reqs = random_workload(day, 1)
     for kw in (dict(block_size=0), dict(block_size=-3)):

@@ -50,6 +50,8 @@ def kv_write(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
     Works for a prefill (T tokens at once) and a decode append (T = 1). positions stay on the
     device (int32): no host sync. Positions outside [0, max_seq) are skipped, not written.
+    Raise ValueError (one line) unless both caches are [KV, max_seq, hd], k and v are both
+    [T, KV, hd] with the cache's KV and head_dim, and positions is [T].
     """
     raise NotImplementedError("Day 19: kv_write is not written yet -- edit days/day_19/kv_cache.py "
                               "(lesson: notes/day_19_kv_cache.md)")

@@ -46,7 +46,8 @@ class DecodeGraphs:
 
     def _capture(self, batch_size: int, bucket: int):
         # TODO(day 23): warm up (run step `warmup` times on a side stream, then make the current
-        # stream wait for it), then record one step with torch.cuda.graph(graph, pool=..., stream=side).
-        # Count the capture; return (graph, output).
+        # stream wait for it), then record one step with torch.cuda.graph(graph, pool=self.pool,
+        # stream=side) -- one pool for every graph -- with the garbage collector off (import gc;
+        # gc.disable() before, gc.enable() in a finally). Count the capture; return (graph, output).
         raise NotImplementedError("Day 23: DecodeGraphs._capture is not written yet -- edit days/day_23/graphs.py "
                                   "(lesson: notes/day_23_cuda_graphs.md)")

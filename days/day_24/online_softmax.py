@@ -39,7 +39,8 @@ def online_softmax(x: torch.Tensor, *, block_size: int = 256) -> torch.Tensor:
     (once for the running max and sum, once to write) instead of three times.
 
     One block of `block_size` threads (a power of two up to 1024) per row; a row that is all -inf
-    gives zeros.
+    gives zeros. A one-line ValueError unless x is 2-D float32/float16 and block_size is a power of
+    two from 1 to 1024.
     """
     raise NotImplementedError("Day 24: online_softmax is not written yet -- edit days/day_24/online_softmax.py "
                               "(lesson: notes/day_24_online_softmax.md)")
@@ -54,6 +55,9 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chun
 
     `reverse` walks the chunks last to first: the merge does not care about order, but early
     query rows then meet chunks they cannot see at all before any they can (m = -inf so far).
+
+    A one-line ValueError unless q is [T, H, hd] and k and v are both [S, KV, hd] with q's head size
+    hd, H is a multiple of KV (KV >= 1), T <= S and chunk >= 1.
     """
     # TODO(day 24): validate (one-line ValueErrors, like day 14's attention, plus chunk >= 1). Per head and
     # query row keep m = -inf, l = 0, acc = zeros(hd), all float32. For each chunk of keys (the last one may be

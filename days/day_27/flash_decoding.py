@@ -7,6 +7,10 @@ walking the whole cache alone. Here the keys are cut into `splits` chunks and ev
 (chunk, KV head) pair gets its own block, which computes a *partial* softmax (its max m, its
 sum l, its unnormalized output acc) for all the query heads of its group; a second, small kernel
 merges the partials per query head with the online-softmax rule (day 24).
+
+Inside a block, a team of `lanes` threads owns one key at a time (each lane 8 values of the head
+dim: one 16-byte load of fp16) and keeps a running (m, l, acc) per query head in registers, so a
+block's work follows the live length: a chunk of 16 keys is one step, whatever the cache size.
 """
 import math
 
@@ -18,65 +22,113 @@ from numba import cuda, float32
 
 from shared.runtime.vector_loads import load8, load8_wide
 
+WARP = 32
 MAX_BLOCK = 1024
+MAX_HEAD_DIM = 8 * WARP     # a key's team is at most a warp: 8 values per lane
 SHARED_FLOATS = 12 * 1024   # 48 KiB of dynamic shared memory per block: the default limit
 SIM_SMS = 4                 # the simulator has no SMs; a small number keeps its grids small
+NEG_INF = np.float32(-np.inf)
+
+
+# ---- given: a warp shuffle that runs in both tiers ----------------------------------------------
+if gpu.SIM:
+    import threading
+    _first_use = threading.Lock()
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v, via shared memory: the simulator has no shuffles, so
+        EVERY thread of the block must call it the same number of times (it has barriers)."""
+        with _first_use:   # the simulator's cuda.shared.array is not thread-safe on first use
+            buf = cuda.shared.array(MAX_BLOCK, float32)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()                  # every lane's value is in place
+        got = buf[tid ^ mask]
+        cuda.syncthreads()                  # everyone has read before the next call overwrites
+        return got
+else:
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v; every lane of the warp must call it (mask < 32)."""
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, mask)
 
 
 @cuda.jit(device=True)
-def tree_reduce(smem, base, group, is_max):
-    """For each of `group` rows of blockDim values at smem[base + row * blockDim + tid]: row's max
-    (is_max) or sum ends up at the row's first element. blockDim must be a power of two; every
-    thread must call this (it has barriers); it starts and ends with one."""
-    # TODO(day 27): barrier (every value in place); then halve `stride` from blockDim // 2: threads
-    # tid < stride fold smem[base + r * blockDim + tid + stride] into smem[base + r * blockDim + tid]
-    # (max or +) for every row r < group, with a barrier after each step.
-    pass
+def rescale(m_old, m_new):
+    """exp(m_old - m_new): the factor that moves a sum kept relative to m_old onto m_new. An empty
+    state (m_old = -inf, l = 0) gets 0, also when m_new is -inf too (exp(-inf + inf) is NaN)."""
+    return math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
 
 
-def make_split_kernel(load):
-    """The split kernel, reading K 8 values at a time with `load` (load8_wide: one 16-byte load,
-    rows 16-byte aligned; load8: any alignment). Numba compiles each version on its own."""
+def lanes_per_key(hd: int) -> int:
+    """Threads that share one key: 8 values of the head dim each, a power of two (shuffles)."""
+    lanes = 1
+    while 8 * lanes < hd:
+        lanes *= 2
+    return lanes
+
+
+# ---- the exercise ---------------------------------------------------------------------------------
+def make_split_kernel(load, group):
+    """The split kernel for `group` query heads per KV head, reading 8 values at a time with `load`
+    (load8_wide: one 16-byte load, rows 16-byte aligned; load8: any alignment). `group` is a
+    compile-time constant here so that the per-head state lives in registers (constant indices)."""
+    GQ = 8 * group
 
     @cuda.jit
-    def split_kernel(q, k, v, cache_len, m_out, l_out, acc_out, group, chunk, max_seq, scale):
+    def split_kernel(q, k, v, cache_len, m_out, l_out, acc_out, chunk, max_seq, lanes, scale):
         """Block (split s, KV head kvh): keys [s * chunk, min((s + 1) * chunk, n)) for the `group`
         query heads kvh * group ... that read this KV head. k, v are the caches viewed as
         [KV * max_seq, hd]. Writes m_out[s, h], l_out[s, h] and acc_out[s, h, :] (fp32, relative to
-        m): an empty split (it starts at or past n) writes m = -inf, l = 0 and nothing else.
+        m). A split that starts at or past n writes nothing: the merge reads only splits < cdiv(n, chunk).
 
-        Dynamic shared memory (fp32): [ q of the group (group * hd) | scores (group * chunk) |
-        reduction rows (max(2 * group * blockDim, 8 * blockDim)) ].
+        Team t = tid // lanes takes keys t, t + teams, ... of the chunk; lane tid % lanes holds
+        dims d0 .. d0 + 7 of q, k, v and acc. Dynamic shared memory (fp32), one state per team:
+        [ m (teams * group) | l (teams * group) | acc (teams * group * hd) ].
         """
         # TODO(day 27): s, kvh = blockIdx.x, blockIdx.y; h0 = kvh * group; n = min(cache_len[0], max_seq);
-        # start = s * chunk, end = min(start + chunk, n). An empty split (start >= end) writes
-        # m = -inf, l = 0 for its heads and returns (the whole block: no barrier is skipped).
-        # Else: stage q * scale of the group in shared memory (barrier);
-        # 1. scores, one key per thread: K row kvh * max_seq + start + j, read with
-        #    load(k, row, d) 8 values at a time (then the hd % 8 tail), one dot per head;
-        # 2. per head: the max (tree_reduce), exp(s - max) back into the scores and their sum
-        #    (tree_reduce); write m_out, l_out; a barrier before the rows are reused;
-        # 3. per head: teams of R = cdiv(hd, 8) threads cover a V row, 8 values each (load);
-        #    team c sums e_j * v_j over keys c, c + copies, ...; barrier; add the teams' sums
-        #    into acc_out[s, h0 + hh, :]; barrier.
+        # start = s * chunk, end = min(start + chunk, n); an empty split (start >= end) returns at once
+        # (the whole block: no barrier is skipped). team = tid // lanes, teams = blockDim // lanes,
+        # d0 = (tid % lanes) * 8. In registers (cuda.local.array of GQ, group or 8, constant indices):
+        # q[h0 + hh, d0:d0+8] * scale, and a running m = -inf, l = 0, acc = 0 per query head.
+        # 1. steps = cdiv(count, teams), the same for every thread; at each step team takes key
+        #    j = step * teams + team of the chunk (row kvh * max_seq + start + j) if j < count: K and V
+        #    8 values each with load(...) (element by element, guarded, when d0 + 8 > hd). Per head:
+        #    the lane's partial dot, summed over the team with shfl_xor(x, mask) for mask = lanes // 2,
+        #    ..., 1 (every lane calls it, valid key or not), then, for a valid key, the online-softmax
+        #    update of m, l, acc (rescale(m, m_new) for the old state, exp(x - m_new) for the key).
+        # 2. every team writes its state to shared memory ([ m | l | acc ], lane d0 == 0 writes m and
+        #    l), one barrier, then thread (head, d) combines the teams' states (max M, then
+        #    rescale(m_t, M) times each l_t and acc_t[d]) and writes acc_out, and m_out, l_out at d == 0.
         pass
 
     return split_kernel
 
 
-split_wide = make_split_kernel(load8_wide)   # K rows start on 16-byte boundaries
-split_any = make_split_kernel(load8)         # any alignment
+_KERNELS: dict = {}
+
+
+def split_kernel_for(wide: bool, group: int):
+    """The split kernel for this group size and load (compiled once per pair, then cached)."""
+    if (wide, group) not in _KERNELS:
+        _KERNELS[wide, group] = make_split_kernel(load8_wide if wide else load8, group)
+    return _KERNELS[wide, group]
 
 
 @cuda.jit
-def merge_kernel(m_in, l_in, acc_in, out):
+def merge_kernel(m_in, l_in, acc_in, cache_len, chunk, max_seq, out):
     """One block per query head h: out[h] = sum_s w_s acc_s / sum_s w_s l_s with w_s = exp(m_s - M),
-    M = max_s m_s (the online-softmax rule, across blocks). Empty splits have l = 0: they are
-    skipped, their acc was never written. Dynamic shared memory: [ w (splits) | rows (blockDim) ]."""
-    # TODO(day 27): M = max_s m_in[s, h] (tree_reduce); w_s = exp(m_s - M) for splits with l_s > 0,
-    # else 0 (their acc was never written), kept in smem[s]; L = sum_s w_s l_s (tree_reduce);
-    # out[h, d] = sum_s w_s acc_in[s, h, d] / L (0 when L == 0), threads over (copy of the head
-    # dim, d), then the copies added up. Barriers after reading M and L, before their rows are reused.
+    M = max_s m_s (the online-softmax rule, across blocks), over the live splits s < cdiv(n, chunk)
+    only (the others hold no key and wrote nothing). Thread (g, d) merges splits g, g + groups, ...
+    for dim d with a running max; the groups meet in shared memory:
+    [ m (groups) | l (groups) | acc (groups * hd) ]. No key at all (n = 0) gives zeros."""
+    # TODO(day 27): n = min(cache_len[0], max_seq), live = min(splits, cdiv(n, chunk)). Threads
+    # (g, d): groups = blockDim // hd copies of the head dim (1 when hd > blockDim: then d steps by
+    # blockDim). Each keeps a running (M, L, A) over splits g, g + groups, ... < live: rescale(M, M_new)
+    # for what it has, exp(m_s - M_new) for split s. One group: out[h, d] = A / L (0 when L == 0).
+    # Several: their states to shared memory ([ m | l | acc ]), one barrier (reached by every
+    # thread), then threads tid < hd combine them the same way and write out[h, tid].
     pass
 
 
@@ -93,19 +145,24 @@ def sm_count(device) -> int:
     return _SMS[index]
 
 
-def shared_floats(group: int, hd: int, chunk: int, block_size: int) -> int:
-    """The split kernel's dynamic shared memory, in fp32 values: q, scores, reduction rows (a max
-    and a sum row per head, or a team's partial V sums: at most 8 values per thread)."""
-    return group * (hd + chunk) + max(2 * group * block_size, 8 * block_size)
+def shared_floats(group: int, hd: int, lanes: int, block_size: int) -> int:
+    """The split kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per team and head."""
+    return (block_size // lanes) * group * (hd + 2)
 
 
-def pick_splits(max_seq: int, KV: int, group: int, hd: int, block_size: int, sms: int) -> int:
+def merge_floats(hd: int, merge_block: int) -> int:
+    """The merge kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per group."""
+    groups = max(merge_block // hd, 1)
+    return groups * (hd + 2)
+
+
+def pick_splits(max_seq: int, KV: int, lanes: int, block_size: int, sms: int) -> int:
     """From shapes and the SM count only -- never from cache_len's value, so that one captured
-    launch is right at every length. About two blocks per SM over a full cache, at least
-    block_size keys per chunk (a thread per key), and few enough keys per chunk that the
-    scores fit in shared memory."""
-    # TODO(day 27): about cdiv(2 * sms, KV) splits, but no chunk shorter than block_size keys, and
-    # at least cdiv(max_seq, cap) where cap = (SHARED_FLOATS - shared_floats(group, hd, 0, block_size)) // group.
+    launch is right at every length. About two blocks per SM over a full cache, but no chunk
+    shorter than one step of the block (block_size // lanes keys): a short context then fills
+    few splits, each done in one step, and the merge reads only those."""
+    # TODO(day 27): about cdiv(2 * sms, KV) splits, but no more than cdiv(max_seq, block_size // lanes)
+    # (a chunk is at least one step of the block), and at least 1.
     raise NotImplementedError("Day 27: pick_splits is not written yet -- edit days/day_27/flash_decoding.py "
                               "(lesson: notes/day_27_flash_decoding.md)")
 
@@ -115,15 +172,19 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      merge_block: int = 256) -> torch.Tensor:
     """Attention of one new token: q [H, hd] over the first cache_len[0] positions of [KV, max_seq, hd].
 
-    splits: how many chunks the cache is cut into (0: pick_splits, from shapes and the GPU).
-    block_size: threads per split block; merge_block: threads per merge block (powers of two).
-    cache_len (int32 [1] on the device) is read only inside the kernels. Returns [H, hd] in q's dtype.
+    splits: how many chunks the cache is cut into, 1..max_seq (0: pick_splits, from shapes and
+    the GPU). block_size: threads per split block; merge_block: threads per merge block (powers
+    of two in 32..1024). H a multiple of KV, hd at most 256, float32/float16 only. cache_len (int32 [1] on the device) is read only inside the kernels.
+    Returns [H, hd] in q's dtype.
     """
-    # TODO(day 27): validate (as day 20, plus splits in 0..max_seq, the knobs powers of two in
-    # 32..1024, hd <= 8 * block_size, shared_floats(...) <= SHARED_FLOATS) with one-line ValueErrors;
-    # splits = pick_splits(...) when 0 (never from cache_len); chunk = cdiv(max_seq, splits); view
-    # the caches as [KV * max_seq, hd]; m, l [splits, H], acc [splits, H, hd] fp32, out [H, hd];
-    # launch split_wide (16-byte aligned rows) or split_any on (splits, KV) blocks and merge_kernel
-    # on H blocks, each with its dynamic shared memory in bytes.
+    # TODO(day 27): validate with one-line ValueErrors: q [H, hd] and caches [KV, max_seq, hd] of one
+    # shape, head_dim equal, H a multiple of KV, hd <= MAX_HEAD_DIM, cache_len an int32 tensor [1],
+    # block_size and merge_block powers of two in 32..1024, float32/float16 tensors, k and v of one
+    # dtype, splits in 1..max_seq (0: pick_splits, never from cache_len), shared_floats(...) <=
+    # SHARED_FLOATS. Then chunk = cdiv(max_seq, splits); the caches viewed as [KV * max_seq, hd];
+    # m, l [splits, H] and acc [splits, H, hd] in fp32, out [H, hd] in q's dtype; launch
+    # split_kernel_for(wide, group) on (splits, KV) blocks (wide: hd % 8 == 0 and both views
+    # contiguous with 16-byte aligned data pointers) and merge_kernel on H blocks, each with its
+    # dynamic shared memory in bytes.
     raise NotImplementedError("Day 27: decode_attention is not written yet -- edit days/day_27/flash_decoding.py "
                               "(lesson: notes/day_27_flash_decoding.md)")

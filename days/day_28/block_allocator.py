@@ -61,8 +61,11 @@ class BlockAllocator:
                                   "(lesson: notes/day_28_block_allocator.md)")
 
     def allocate(self, seq_id, num_tokens: int) -> list[int]:
-        """A new sequence holding num_tokens tokens (its prompt). Returns a copy of its block table."""
-        # TODO(day 28): ValueError if seq_id has blocks already or num_tokens < 0; take
+        """A new sequence holding num_tokens tokens (its prompt). Returns a copy of its block table.
+
+        ValueError if seq_id is allocated already -- even with 0 tokens and no block: allocate(x, 0)
+        twice is an error (free it first) -- or if num_tokens < 0."""
+        # TODO(day 28): ValueError if seq_id is allocated already or num_tokens < 0; take
         #   blocks_needed(num_tokens) blocks (0 tokens -> an empty table); record table and length
         #   only once the take succeeded.
         raise NotImplementedError("Day 28: BlockAllocator.allocate is not written yet -- edit days/day_28/block_allocator.py "
@@ -78,7 +81,10 @@ class BlockAllocator:
                                   "(lesson: notes/day_28_block_allocator.md)")
 
     def slot(self, seq_id, position: int) -> int:
-        """Where position lives in the pool: block * block_size + offset."""
+        """Where position lives in the pool: block * block_size + offset.
+
+        ValueError unless 0 <= position < length(seq_id): a position the sequence does not hold yet
+        (append_slot first) has no slot."""
         raise NotImplementedError("Day 28: BlockAllocator.slot is not written yet -- edit days/day_28/block_allocator.py "
                                   "(lesson: notes/day_28_block_allocator.md)")
 
@@ -93,7 +99,10 @@ class BlockAllocator:
                                   "(lesson: notes/day_28_block_allocator.md)")
 
     def fork(self, parent_id, child_id) -> None:
-        """child_id shares every block of parent_id (ref count + 1): no copy until one of them writes."""
+        """child_id shares every block of parent_id (ref count + 1): no copy until one of them writes.
+
+        ValueError if parent_id is not allocated, or if child_id is allocated already (a fork never
+        overwrites an existing sequence's table)."""
         raise NotImplementedError("Day 28: BlockAllocator.fork is not written yet -- edit days/day_28/block_allocator.py "
                                   "(lesson: notes/day_28_block_allocator.md)")
 

@@ -40,8 +40,9 @@ def paged_kv_write(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, 
     """Scatter k, v [T, KV, hd] into one layer's pools [num_blocks, KV, block_size, hd].
 
     slot_mapping: int32 [T] on the device; token t goes to block slot // block_size, offset
-    slot % block_size. A slot < 0 is padding: that token is not written. Pools and k, v may be
-    fp16 or fp32, not necessarily the same (the store casts). `threads` = threads per block.
+    slot % block_size. A slot < 0 is padding: that token is not written; nor is a slot past the
+    pool (>= num_blocks * block_size: the kernel's guard). Pools and k, v may be fp16 or fp32,
+    not necessarily the same (the store casts). `threads` = threads per block.
     """
     # TODO(day 29): one-line ValueErrors before any launch: pools 4-D and of one shape; k, v [T, KV, hd]
     #   matching the pools; pools and k, v fp16/fp32 (each pair one dtype); slot_mapping int32 [T];

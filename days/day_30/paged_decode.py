@@ -5,7 +5,8 @@ Lesson: notes/day_30_paged_decode.md        Check: pytest checkers/day_30
 The KV cache is a pool of fixed-size blocks [num_blocks, KV, block_size, hd] shared by every
 sequence (days 28 and 29). Sequence b's position p lives in block block_tables[b, p // block_size]
 at offset p % block_size. Everything else is day 27: blocks (split, KV head, sequence) compute
-partial softmaxes over chunks of keys, a merge kernel combines them per (head, sequence).
+partial softmaxes over chunks of keys (a team of lanes per key, a running state per query head in
+registers), a merge kernel combines them per (head, sequence).
 """
 import math
 
@@ -13,138 +14,160 @@ import numpy as np
 import torch
 
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
-from numba import cuda, float32, int32
+from numba import cuda, float32
 
 from shared.runtime.vector_loads import load8, load8_wide
 
+WARP = 32
 MAX_BLOCK = 1024
+MAX_HEAD_DIM = 8 * WARP     # a key's team is at most a warp: 8 values per lane
 SHARED_FLOATS = 12 * 1024   # 48 KiB of dynamic shared memory per block: the default limit
 SIM_SMS = 4                 # the simulator has no SMs; a small number keeps its grids small
+NEG_INF = np.float32(-np.inf)
 
 
-# ---- given: day 27's reduction and merge, with a batch dimension -------------------------------
+# ---- given: day 27's shuffle, rescale and merge (with a batch dimension) ------------------------
+if gpu.SIM:
+    import threading
+    _first_use = threading.Lock()
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v, via shared memory: the simulator has no shuffles, so
+        EVERY thread of the block must call it the same number of times (it has barriers)."""
+        with _first_use:   # the simulator's cuda.shared.array is not thread-safe on first use
+            buf = cuda.shared.array(MAX_BLOCK, float32)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()                  # every lane's value is in place
+        got = buf[tid ^ mask]
+        cuda.syncthreads()                  # everyone has read before the next call overwrites
+        return got
+else:
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v; every lane of the warp must call it (mask < 32)."""
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, mask)
+
+
 @cuda.jit(device=True)
-def tree_reduce(smem, base, group, is_max):
-    """For each of `group` rows of blockDim values at smem[base + row * blockDim + tid]: row's max
-    (is_max) or sum ends up at the row's first element. blockDim must be a power of two; every
-    thread must call this (it has barriers); it starts and ends with one."""
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
-    cuda.syncthreads()                       # every thread's value is in place
-    stride = nthreads // 2
-    while stride > 0:
-        if tid < stride:
-            for r in range(group):
-                a = base + r * nthreads + tid
-                if is_max:
-                    smem[a] = max(smem[a], smem[a + stride])
-                else:
-                    smem[a] += smem[a + stride]
-        cuda.syncthreads()
-        stride //= 2
+def rescale(m_old, m_new):
+    """exp(m_old - m_new): the factor that moves a sum kept relative to m_old onto m_new. An empty
+    state (m_old = -inf, l = 0) gets 0, also when m_new is -inf too (exp(-inf + inf) is NaN)."""
+    return math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+
+
+def lanes_per_key(hd: int) -> int:
+    """Threads that share one key: 8 values of the head dim each, a power of two (shuffles)."""
+    lanes = 1
+    while 8 * lanes < hd:
+        lanes *= 2
+    return lanes
 
 
 @cuda.jit
-def merge_kernel(m_in, l_in, acc_in, out):
-    """Block (query head h, sequence b): out[b, h] = sum_s w_s acc_s / sum_s w_s l_s with
-    w_s = exp(m_s - M), M = max_s m_s (day 27's merge). Empty splits (l = 0) are skipped; a
-    sequence with no keys at all gets zeros. Dynamic shared memory: [ w (splits) | rows (blockDim) ]."""
+def merge_kernel(m_in, l_in, acc_in, context_lens, chunk, max_pos, out):
+    """Block (query head h, sequence b): day 27's merge over sequence b's live splits
+    s < cdiv(n_b, chunk), n_b = min(context_lens[b], max_pos) (the others hold no key and wrote
+    nothing). A sequence with no keys gets zeros. Shared memory: [ m (groups) | l (groups) | acc (groups * hd) ]."""
     h = cuda.blockIdx.x
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
     splits = m_in.shape[1]
     hd = out.shape[2]
-    smem = cuda.shared.array(0, float32)
-    red = splits
-
-    mx = float32(-math.inf)
-    for s in range(tid, splits, nthreads):
-        mx = max(mx, m_in[b, s, h])
-    smem[red + tid] = mx
-    tree_reduce(smem, red, 1, True)
-    big = smem[red]
-    cuda.syncthreads()                        # everyone has M before the row is reused
-    total = float32(0.0)
-    for s in range(tid, splits, nthreads):
-        w = float32(0.0)
-        ls = l_in[b, s, h]
-        if ls > 0:
-            w = math.exp(m_in[b, s, h] - big)
-        smem[s] = w
-        total += ls * w
-    smem[red + tid] = total
-    tree_reduce(smem, red, 1, False)          # its barriers also publish every w
-    total = smem[red]
-    inv = float32(1.0) / total if total > 0 else float32(0.0)
-    cuda.syncthreads()                        # everyone has the sum before the row is reused
-
+    n = min(context_lens[b], max_pos)
+    live = min(splits, (n + chunk - 1) // chunk)
     if hd <= nthreads:
         groups, g, d0, dstep = nthreads // hd, tid // hd, tid % hd, hd
     else:
         groups, g, d0, dstep = 1, 0, tid, nthreads
+    smem = cuda.shared.array(0, float32)
     if g < groups:
         for d in range(d0, hd, dstep):
-            part = float32(0.0)
-            for s in range(g, splits, groups):
-                w = smem[s]
-                if w > 0:
-                    part += w * acc_in[b, s, h, d]
+            big = NEG_INF
+            total = float32(0.0)
+            a = float32(0.0)
+            for s in range(g, live, groups):
+                ms = m_in[b, s, h]
+                mn = max(big, ms)
+                c = rescale(big, mn)
+                w = math.exp(ms - mn)
+                total = total * c + w * l_in[b, s, h]
+                a = a * c + w * acc_in[b, s, h, d]
+                big = mn
             if groups == 1:
-                out[b, h, d] = part * inv
+                out[b, h, d] = a / total if total > 0 else float32(0.0)
             else:
-                smem[red + tid] = part
-    cuda.syncthreads()                        # every copy's partial sum is in place
+                smem[2 * groups + g * hd + d] = a
+                if d == 0:
+                    smem[g] = big
+                    smem[groups + g] = total
+    cuda.syncthreads()                        # every group's state is in place
     if groups > 1 and tid < hd:
-        part = float32(0.0)
-        for c in range(groups):
-            part += smem[red + c * hd + tid]
-        out[b, h, tid] = part * inv
+        big = NEG_INF
+        for gg in range(groups):
+            big = max(big, smem[gg])
+        total = float32(0.0)
+        a = float32(0.0)
+        for gg in range(groups):
+            f = rescale(smem[gg], big)
+            total += f * smem[groups + gg]
+            a += f * smem[2 * groups + gg * hd + tid]
+        out[b, h, tid] = a / total if total > 0 else float32(0.0)
 
 
 # ---- the exercise: the split kernel through the block table -------------------------------------
-def make_split_kernel(load):
-    """The paged split kernel, reading K 8 values at a time with `load` (load8_wide: one 16-byte
-    load, rows 16-byte aligned; load8: any alignment)."""
+@cuda.jit(device=True)
+def pool_row(block_tables, b, p, kvh, KV, bs):
+    """The row of the pool (viewed as [num_blocks * KV * block_size, hd]) that holds position p
+    of sequence b, KV head kvh: block block_tables[b, p // bs], offset p % bs."""
+    # TODO(day 30): the block id from sequence b's table row, then its row in the pool
+    # [num_blocks, KV, bs, hd] viewed as rows of hd values.
+    return 0
 
-    @cuda.jit(device=True)
-    def pool_row(block_tables, b, p, kvh, KV, bs):
-        """The row of the pool (viewed as [num_blocks * KV * block_size, hd]) that holds position p
-        of sequence b, KV head kvh: block block_tables[b, p // bs], offset p % bs."""
-        # TODO(day 30): the block id from sequence b's table row, then its row in the pool
-        # [num_blocks, KV, bs, hd] viewed as rows of hd values.
-        return 0
+
+def make_split_kernel(load, group):
+    """The paged split kernel for `group` query heads per KV head, reading 8 values at a time with
+    `load` (load8_wide: one 16-byte load, rows 16-byte aligned; load8: any alignment). `group` is
+    a compile-time constant so that the per-head state lives in registers."""
+    GQ = 8 * group
 
     @cuda.jit
-    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, group, chunk, bs, KV, scale):
+    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, chunk, bs, KV, lanes, scale):
         """Block (split s, KV head kvh, sequence b): positions [s * chunk, min((s + 1) * chunk, n))
         of sequence b, n = context_lens[b], for the `group` query heads of KV head kvh. chunk is a
-        multiple of bs, so a split starts on a block boundary. Table entries past the last
-        valid position are never read. Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :].
-
-        Dynamic shared memory (fp32 unless said): [ q of the group (group * hd) | scores
-        (group * chunk) | reduction rows (max(2 * group * blockDim, 8 * blockDim)) | int32 pool row
-        of each position of the chunk (chunk) ].
+        multiple of bs, so a split starts on a block boundary. A team of `lanes` threads takes one
+        position per step and finds its pool row through the table (never for a position >= n:
+        entries past it are garbage). Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :];
+        a split that starts at or past n writes nothing. Dynamic shared memory (fp32), one state
+        per team: [ m (teams * group) | l (teams * group) | acc (teams * group * hd) ].
         """
         # TODO(day 30): day 27's split kernel with a third grid dimension b (the sequence):
-        # n = min(context_lens[b], max_blocks * bs); an empty split writes m = -inf, l = 0 and
-        # returns. Step 1 finds each position's pool row with pool_row(...) (never for a
-        # position >= n: table entries past it are garbage) and keeps it in the int32 view of
-        # shared memory for step 3's V reads. Write m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :].
+        # n = min(context_lens[b], max_blocks * bs); an empty split returns at once. Each team finds
+        # its position's pool row with pool_row(...) (only for a valid position j < count: table
+        # entries past n are garbage) and reads K and V from that row; the queries are q[b, ...];
+        # write m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :].
         pass
 
     return split_kernel
 
 
-split_wide = make_split_kernel(load8_wide)   # pool rows start on 16-byte boundaries
-split_any = make_split_kernel(load8)         # any alignment
+_KERNELS: dict = {}
+
+
+def split_kernel_for(wide: bool, group: int):
+    """The split kernel for this group size and load (compiled once per pair, then cached)."""
+    if (wide, group) not in _KERNELS:
+        _KERNELS[wide, group] = make_split_kernel(load8_wide if wide else load8, group)
+    return _KERNELS[wide, group]
 
 
 _SMS: dict = {}
 
 
 def sm_count(device) -> int:
-    """How many SMs the GPU has (cached per device)."""
+    """How many SMs the GPU has (cached per device): the split count is sized to fill them."""
     if gpu.SIM:
         return SIM_SMS
     index = torch.device(device).index or 0
@@ -153,21 +176,23 @@ def sm_count(device) -> int:
     return _SMS[index]
 
 
-def shared_floats(group: int, hd: int, chunk: int, block_size: int) -> int:
-    """The split kernel's dynamic shared memory, in 4-byte values: day 27's, plus a pool row per
-    position of the chunk."""
-    return group * (hd + chunk) + max(2 * group * block_size, 8 * block_size) + chunk
+def shared_floats(group: int, hd: int, lanes: int, block_size: int) -> int:
+    """The split kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per team and head."""
+    return (block_size // lanes) * group * (hd + 2)
 
 
-def pick_splits(max_blocks: int, B: int, KV: int, group: int, hd: int, kv_block: int, block_size: int,
-                sms: int) -> int:
+def merge_floats(hd: int, merge_block: int) -> int:
+    """The merge kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per group."""
+    return max(merge_block // hd, 1) * (hd + 2)
+
+
+def pick_splits(max_blocks: int, B: int, KV: int, kv_block: int, lanes: int, block_size: int, sms: int) -> int:
     """Splits over a table of max_blocks KV blocks, from shapes and the SM count only: about two
-    thread blocks per SM with all B sequences full, at least block_size positions per chunk, few
-    enough that a chunk's scores fit in shared memory. Chunks are whole KV blocks, so the count
-    is rounded to one that divides the table into equal whole-block chunks."""
-    want = min(gpu.cdiv(2 * sms, B * KV), gpu.cdiv(max_blocks * kv_block, block_size))
-    cap = (SHARED_FLOATS - shared_floats(group, hd, 0, block_size)) // (group + 1) // kv_block   # KV blocks per chunk
-    per_chunk = max(min(gpu.cdiv(max_blocks, max(want, 1)), cap), 1)
+    thread blocks per SM with all B sequences full, but no chunk shorter than one step of the
+    block (block_size // lanes positions). Chunks are whole KV blocks, so the count is rounded to
+    one that divides the table into equal whole-block chunks."""
+    want = min(gpu.cdiv(2 * sms, B * KV), gpu.cdiv(max_blocks * kv_block, block_size // lanes))
+    per_chunk = gpu.cdiv(max_blocks, max(want, 1))                   # KV blocks per chunk
     return gpu.cdiv(max_blocks, per_chunk)
 
 
@@ -176,16 +201,21 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                            block_size: int = 128, merge_block: int = 256) -> torch.Tensor:
     """One new query per sequence and head over that sequence's paged cache.
 
-    q [B, H, hd]; pools [num_blocks, KV, kv_block, hd]; block_tables int32 [B, max_blocks];
-    context_lens int32 [B] (0 gives zeros). Both are read only inside the kernels.
-    splits: chunks per sequence (0: pick_splits; a chunk is cdiv(max_blocks, splits) whole KV
-    blocks); block_size, merge_block: threads per block (powers of two). Returns [B, H, hd].
+    q [B, H, hd] (H a multiple of KV, hd at most 256, float32/float16); pools [num_blocks, KV,
+    kv_block, hd] of q's head_dim and one dtype; block_tables int32 [B, max_blocks]; context_lens
+    int32 [B] (0 gives zeros; so do B == 0 and max_blocks == 0). Tables and lengths are read only
+    inside the kernels. splits: chunks per sequence, 1..max_blocks (0: pick_splits; a chunk is
+    cdiv(max_blocks, splits) whole KV blocks); block_size, merge_block: threads per block (powers
+    of two in 32..1024). Returns [B, H, hd] in q's dtype.
     """
-    # TODO(day 30): validate (q [B, H, hd], pools [num_blocks, KV, kv_block, hd] of one shape and
-    # dtype, int32 block_tables [B, max_blocks] and context_lens [B], the knobs as day 27) with
-    # one-line ValueErrors; splits = pick_splits(...) when 0; chunk = cdiv(max_blocks, splits)
-    # whole KV blocks; view the pools as [num_blocks * KV * kv_block, hd]; m, l [B, splits, H],
-    # acc [B, splits, H, hd] fp32; launch split_wide/split_any on (splits, KV, B) and the given
-    # merge_kernel on (H, B).
+    # TODO(day 30): validate with one-line ValueErrors: q [B, H, hd] and pools [num_blocks, KV, kv_block,
+    # hd] of one shape and dtype (float32/float16), head_dim equal and <= MAX_HEAD_DIM, H a multiple of
+    # KV, int32 block_tables [B, max_blocks] and context_lens [B], the knobs as day 27. B == 0 or
+    # max_blocks == 0: return zeros (written: torch.empty holds anything). splits = pick_splits(...)
+    # when 0, else in 1..max_blocks; chunk = cdiv(max_blocks, splits) whole KV blocks, splits =
+    # cdiv(max_blocks * kv_block, chunk); shared_floats(...) <= SHARED_FLOATS. View the pools as
+    # [num_blocks * KV * kv_block, hd]; m, l [B, splits, H], acc [B, splits, H, hd] fp32; launch
+    # split_kernel_for(wide, group) on (splits, KV, B) and the given merge_kernel on (H, B), with
+    # max_pos = max_blocks * kv_block.
     raise NotImplementedError("Day 30: paged_decode_attention is not written yet -- edit days/day_30/paged_decode.py "
                               "(lesson: notes/day_30_paged_decode.md)")

@@ -35,7 +35,8 @@ class PagedCache:
                                   "edit days/day_31/paged_cache.py (lesson: notes/day_31_paged_prefill.md)")
 
     def release(self) -> None:
-        """The sequence is finished: its blocks go back to the pool."""
+        """The sequence is finished: its blocks go back to the pool (none after a prepare(0, T)
+        that raised OutOfBlocksError: then this does nothing)."""
         # TODO(day 31): free sequence SEQ in the allocator if it holds blocks (the engine calls this
         # at the end of every generation; prepare(0, T) calls it too).
         raise NotImplementedError("Day 31: write PagedCache.release -- edit days/day_31/paged_cache.py "

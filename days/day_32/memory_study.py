@@ -87,8 +87,9 @@ def kv_memory_study(requests: list[Request], *, block_size: int, max_len: int | 
     """
     # TODO(day 32): check block_size >= 1 and a non-empty workload (one-line ValueError);
     # allocator_cls defaults to resolve("BlockAllocator"); a pool big enough for every request at
-    # once; then one loop over steps 0 .. the last request's last step (arrival + output_len - 1),
-    # using the allocator's allocate / append_slot / free / num_free, filling a MemoryStudy.
+    # once (the sum of each request's ceil((prompt_len + output_len) / block_size)); then one loop
+    # over steps 0 .. the last request's last step (arrival + output_len - 1), using the
+    # allocator's allocate / append_slot / free / num_free, filling a MemoryStudy.
     raise NotImplementedError("Day 32: write kv_memory_study -- edit days/day_32/memory_study.py "
                               "(lesson: notes/day_32_paged_memory.md)")
 

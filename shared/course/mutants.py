@@ -172,7 +172,8 @@ def run(mutant: Mutant, timeout: float = 600) -> Result:
         apply(mutant, tmp / "solutions")
         path = [str(tmp), str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         env = dict(os.environ, TINYINFER_TRACK="solutions", TINYINFER_PROGRESS=str(tmp / "progress.json"),
-                   PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONPATH=os.pathsep.join(path), PYTHONDONTWRITEBYTECODE="1",
+                   TINYINFER_COMPILE_CHECK="0")   # a child compiler per mutant costs minutes; the check has its own tests
         cmd = [sys.executable, "-m", "pytest", str(REPO / "checkers" / f"day_{mutant.day:02d}"), "--track", "solutions",
                "-x", "-q", "--no-header", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:benchmark",
                "-p", "no:hypothesispytest", "-m", "not bench",    # speed is not what a mutant breaks

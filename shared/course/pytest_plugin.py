@@ -21,6 +21,7 @@ TIER = select()  # must run before anything imports numba
 
 import pytest  # noqa: E402
 
+from shared import REPO  # noqa: E402
 from shared.course import progress, registry, syllabus  # noqa: E402
 
 DAY_DIR = re.compile(r"checkers[/\\]day_(\d\d)[/\\]")
@@ -34,12 +35,18 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     track = config.getoption("--track") or registry.default_track()
     os.environ["TINYINFER_TRACK"] = track
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")   # torch.profiler's library prints "USDT: ..." lines otherwise
     config._tinyinfer = SimpleNamespace(
         track=track, tier=TIER,
         outcomes=defaultdict(dict),   # day -> {nodeid: 'passed'|'skipped'|'failed'} from the reports
         collected=defaultdict(set),   # day -> the nodeids this session collected
         partial=set(),                # days this session runs only part of
-        recorded=[], forgotten=[], errors=[])
+        recorded=[], forgotten=[], errors=[],
+        todo=defaultdict(set),        # day -> {(file, function)} whose NotImplementedError failed a test
+        other_failures=0)             # failed reports that are not a stub's NotImplementedError
+    if TIER == "sim":   # the simulator runs kernels a GPU would not compile: compile them too
+        from shared.course import compile_check
+        compile_check.install()
 
 
 def pytest_report_header(config):
@@ -72,16 +79,31 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if call.excinfo is not None and call.excinfo.errisinstance(NotImplementedError):
-        # The learner has not written this yet: one clear line instead of a traceback.
+        # The learner has not written this yet: one clear line instead of a traceback, and which
+        # function raised it (a property survives xdist's trip from worker to controller).
         rep.longrepr = f"NotImplementedError: {call.excinfo.value}"
+        entry = call.excinfo.traceback[-1]
+        try:
+            where = Path(str(entry.path)).resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            where = str(entry.path)
+        name = getattr(entry.frame.code.raw, "co_qualname", entry.name)   # BlockAllocator.__init__
+        rep.user_properties.append(("tinyinfer_todo", (where, name)))
 
 
 def pytest_runtest_logreport(report):
     """One outcome per test: failed if any phase failed, else skipped, else passed."""
+    t = _CONFIG._tinyinfer
+    if report.failed:
+        todo = dict(report.user_properties).get("tinyinfer_todo")
+        if todo is None:
+            t.other_failures += 1
+        else:
+            t.todo[_day_of(report.nodeid)].add(tuple(todo))
     day = _day_of(report.nodeid)
     if day is None:
         return
-    seen = _CONFIG._tinyinfer.outcomes[day]
+    seen = t.outcomes[day]
     if report.failed or seen.get(report.nodeid) == "failed":
         seen[report.nodeid] = "failed"
     elif report.skipped:
@@ -154,6 +176,9 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     """A day's whole checker ran: every test passed -> record the day; one failed -> forget it."""
     config = session.config
+    if TIER == "sim":
+        from shared.course import compile_check
+        compile_check.stop()
     t = config._tinyinfer
     if hasattr(config, "workerinput") or t.track != "days":
         return
@@ -190,7 +215,53 @@ def _what_the_engine_does(day: int, track: str, tier: str) -> str:
     return f"the engine now uses your {names}"
 
 
+def _only_stubs_failed(t) -> bool:
+    return bool(t.todo) and not t.other_failures
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Around pytest's own summary: the progress lines come after its short test summary, so the
+    line that says what to do next is near the end. When every failure is a stub's
+    NotImplementedError, there is no FAILURES section (the short summary has one line per test)
+    and the line that says what to fill in comes last of all (pytest_unconfigure)."""
+    if _only_stubs_failed(config._tinyinfer):
+        config.option.tbstyle = "no"
+    try:
+        return (yield)
+    finally:
+        _tinyinfer_summary(terminalreporter, exitstatus, config)
+
+
+def _todo_lines(t) -> list[str]:
+    """Per day: the functions whose NotImplementedError failed its tests, and the file to fill in."""
+    lines = []
+    for day, todo in sorted(t.todo.items(), key=lambda kv: kv[0] or 0):
+        files = defaultdict(list)
+        for where, name in sorted(todo):
+            files[where].append(name)
+        what = "; ".join(f"{', '.join(names)} in {where}" for where, names in files.items())
+        if day is None:
+            lines.append(f"not written yet: fill in {what}")
+            continue
+        d = syllabus.day(day)
+        lines.append(f"day {day:02d}: not written yet -- fill in {what} (lesson: {d.lesson}, "
+                     f"hints: `tinyinfer hint {day}`), then run `pytest checkers/{d.tag}` again")
+    return lines
+
+
+def pytest_unconfigure(config):
+    """The stub's summary, after pytest's own last line: the one thing to do next."""
+    t = getattr(config, "_tinyinfer", None)
+    if t is None or hasattr(config, "workerinput") or not _only_stubs_failed(t):
+        return
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        for line in _todo_lines(t):
+            tr.write_line(line, yellow=True)
+
+
+def _tinyinfer_summary(terminalreporter, exitstatus, config):
     t = config._tinyinfer
     if t.track != "days":
         return
@@ -203,6 +274,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if day in t.recorded:
             tr.write_line(f"day {day:02d} ({d.title}): finished in the {t.tier} tier -- recorded -- "
                           f"{_what_the_engine_does(day, t.track, t.tier)}. Next: `tinyinfer next`", green=True)
+        elif counts["failed"] and _only_stubs_failed(t):
+            continue                  # pytest_unconfigure says what to fill in, last
         elif counts["failed"]:
             tr.write_line(f"day {day:02d}: {counts['passed']} passed, {counts['failed']} failing -- edit "
                           f"days/{d.tag}/ (lesson: {d.lesson}, hints: `tinyinfer hint {day}`)", yellow=True)

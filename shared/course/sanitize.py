@@ -64,7 +64,8 @@ def _day_11(m, device):
     torch, randn = _tensors(device)
     w = randn(6, 1024, dtype=torch.float16)        # K = 1024: two warps share each row of the GEMV
     m.linear(randn(1, 1024, dtype=torch.float16), w, block_size=64)   # GEMV
-    m.linear(randn(5, 200, dtype=torch.float16), w[:, :200])          # GEMM
+    m.linear(randn(5, 200, dtype=torch.float16), w[:, :200], path="gemm")   # tiled GEMM
+    m.linear(randn(5, 1024, dtype=torch.float16), w, path="skinny", block_size=64)   # skinny: T = 5 rows
 
 
 def _day_13(m, device):
@@ -81,7 +82,14 @@ def _day_17(m, device):
     torch, randn = _tensors(device)
     x = randn(2, 300)
     m.sample(x, block_size=64)                                                      # argmax
+    m.sample(x, block_size=64, chunk=64)                                            # sliced: partials + merge
     m.sample(x, 0.8, 50, 0.9, torch.Generator(device=device).manual_seed(0), block_size=64)   # Gumbel
+
+
+def _day_54(m, device):
+    torch, randn = _tensors(device)
+    h = randn(2, 200, dtype=torch.float16)
+    m.add_rmsnorm(h, randn(2, 200, dtype=torch.float16), randn(200, dtype=torch.float16), 1e-5, block_size=64)
 
 
 def _day_20(m, device):
@@ -119,6 +127,9 @@ def _day_27(m, device):
     cache_len = torch.tensor([30], dtype=torch.int32, device=device)
     m.decode_attention(randn(6, 24), randn(2, 41, 24), randn(2, 41, 24), cache_len, splits=3, block_size=32,
                        merge_block=32)
+    h = torch.float16                                # 16-byte loads, teams of 8 lanes, groups of 3, several teams per warp
+    m.decode_attention(randn(9, 64, dtype=h), randn(3, 70, 64, dtype=h), randn(3, 70, 64, dtype=h), cache_len,
+                       splits=2, block_size=64, merge_block=64)
 
 
 def _day_30(m, device):
@@ -127,11 +138,14 @@ def _day_30(m, device):
     lens = torch.tensor([11, 5], dtype=torch.int32, device=device)
     m.paged_decode_attention(randn(2, 6, 24), randn(6, 2, 4, 24), randn(6, 2, 4, 24), tables, lens, splits=2,
                              block_size=32, merge_block=32)
+    h = torch.float16                                # 16-byte loads, teams of 8 lanes, groups of 4
+    m.paged_decode_attention(randn(2, 8, 64, dtype=h), randn(6, 2, 4, 64, dtype=h), randn(6, 2, 4, 64, dtype=h),
+                             tables, lens, splits=2, block_size=64, merge_block=64)
 
 
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30}
+             27: _day_27, 30: _day_30, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:

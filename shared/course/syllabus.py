@@ -26,6 +26,7 @@ class Day:
     published: bool
     hints: tuple[str, ...]
     features: tuple[str, ...] = ()   # what a feature day turns on in the engine (e.g. "graphs")
+    ahead_of_order: str = ""         # why a day is published before the days numbered below it
 
     @property
     def tag(self) -> str:
@@ -40,7 +41,8 @@ class Day:
 def load() -> tuple[dict, list[Day]]:
     data = tomllib.loads(SYLLABUS.read_text())
     days = [Day(d["number"], d["slug"], d["title"], d["phase"], tuple(d.get("provides", [])),
-                d["lesson"], d.get("status") == "published", tuple(d.get("hints", [])), tuple(d.get("features", [])))
+                d["lesson"], d.get("status") == "published", tuple(d.get("hints", [])), tuple(d.get("features", [])),
+                d.get("ahead_of_order", ""))
             for d in data["days"]]
     phases = {p["number"]: p["title"] for p in data["phases"]}
     return phases, days

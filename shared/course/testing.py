@@ -19,23 +19,59 @@ def randn(*shape, dtype=torch.float32, device="cpu", seed: int = 0, scale: float
     return (torch.randn(*shape, generator=g) * scale).to(dtype=dtype, device=device)
 
 
+# A quiet NaN with a payload that no arithmetic produces (0/0 and inf - inf give the canonical NaN):
+# a NaN with these bits was never written, any other NaN was computed. float16 keeps the payload's
+# top bits (0x7E2D is this NaN converted to float16), bfloat16 does not (plain NaN there).
+UNWRITTEN = 0x7FC5A5A5
+_UNWRITTEN16 = 0x7E2D
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
-    """Fill with NaN (or a sentinel for ints) so an element a kernel forgot to write shows up."""
-    return t.fill_(float("nan") if t.is_floating_point() else -12345)
+    """Fill with the UNWRITTEN NaN (or a sentinel for ints) so an element a kernel forgot to write shows up,
+    and assert_close can tell it from a NaN the kernel computed."""
+    if t.dtype == torch.float32:
+        t.view(torch.int32).fill_(UNWRITTEN)
+    elif t.dtype == torch.float16:
+        t.view(torch.int16).fill_(_UNWRITTEN16)
+    else:
+        t.fill_(float("nan") if t.is_floating_point() else -12345)
+    return t
+
+
+def _never_written(t: torch.Tensor) -> torch.Tensor:
+    """Where a tensor still holds the UNWRITTEN poison (torch's float16 -> float32 drops NaN payloads,
+    so look at the tensor's own bits)."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.float32:
+        return (t.view(torch.int32) >> 13) == (UNWRITTEN >> 13)   # also float16's poison cast to float32
+    if t.dtype == torch.float16:
+        return t.view(torch.int16) == _UNWRITTEN16
+    return torch.zeros(t.shape, dtype=torch.bool)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "output", atol: float = 1e-5,
-                 rtol: float = 1e-5) -> None:
-    """torch.testing-style check with a message that says which element and how it went wrong."""
+                 rtol: float = 1e-5, launched: bool | None = None, poisoned: bool = False) -> None:
+    """torch.testing-style check with a message that says which element and how it went wrong.
+
+    A NaN that still has the UNWRITTEN poison's bits was never written; if `poisoned` (the output was
+    allocated full of it: check_kernel) or no kernel ran (`launched` False), any other NaN was
+    computed, and the message names only that cause."""
     assert isinstance(actual, torch.Tensor), f"{what}: expected a torch.Tensor, got {type(actual).__name__}"
     assert tuple(actual.shape) == tuple(expected.shape), \
         f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
     nan = torch.isnan(a) & ~torch.isnan(e)
     if nan.any():
+        unwritten = nan & _never_written(actual)
+        if unwritten.any():
+            idx = tuple(int(i) for i in unwritten.nonzero()[0])
+            raise AssertionError(f"{what}: element {idx} was never written ({int(unwritten.sum())} of {a.numel()} "
+                                 "still hold the NaN this test filled the output with) -- check your bounds guard "
+                                 "/ grid size: every output element needs a thread that writes it")
         idx = tuple(int(i) for i in nan.nonzero()[0])
-        raise AssertionError(f"{what}: NaN at index {idx} ({int(nan.sum())} of {a.numel()} elements) -- "
-                             "an element never written (check your bounds guard / grid size) or 0/0, inf-inf")
+        known = poisoned or launched is False
+        raise AssertionError(f"{what}: NaN at index {idx} ({int(nan.sum())} of {a.numel()} elements), expected "
+                             f"{e[idx].item():.6g} -- {_nan_cause(e, nan, known)}")
     bad = ~torch.isclose(a, e, atol=atol, rtol=rtol, equal_nan=True)
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
@@ -43,6 +79,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "outp
         raise AssertionError(f"{what}: {int(bad.sum())} of {a.numel()} elements differ; first at index {idx}: "
                              f"got {a[idx].item():.6g}, expected {e[idx].item():.6g} (max abs error {err:.3g}, "
                              f"atol={atol:g}, rtol={rtol:g})")
+
+
+_INF_MINUS_INF = ("exp(-inf - (-inf)) or -inf - (-inf) is NaN: a row or part that saw only -inf (masked) has "
+                  "max -inf, so special-case it (its sum is 0, its output 0) before subtracting the max")
+
+
+def _nan_cause(expected: torch.Tensor, nan: torch.Tensor, computed: bool) -> str:
+    """The likely cause of NaNs where finite values were expected, as far as this test can tell."""
+    zeros = bool((expected[nan] == 0).all())           # masked entries / fully masked rows expect 0
+    cause = _INF_MINUS_INF if zeros else ("0/0, inf - inf, or exp(-inf - (-inf)) where a running max is still "
+                                          "-inf (a part that saw only masked scores)")
+    if computed:
+        return "computed, not left unwritten: " + cause
+    return f"computed ({cause}), or an element never written (check your bounds guard / grid size)"
 
 
 def record_bench(name: str, result: dict) -> None:
@@ -125,13 +175,16 @@ def no_host_reads():
 
 
 # ---- diagnose before advising: races and overflow in the simulator ---------------------------
+OVERFLOW_ADVICE = "math.exp overflowed: subtract the row max before exp"
+
+
 def run_kernel(fn, what: str = "output"):
     """fn() with the simulator's OverflowError turned into advice: on a GPU exp(1000) is inf and
     the softmax quietly becomes NaN; the simulator's float64 math.exp raises instead."""
     try:
         return fn()
     except OverflowError as e:
-        raise AssertionError(f"math.exp overflowed: subtract the row max before exp ({what}: {e})") from None
+        raise AssertionError(f"{OVERFLOW_ADVICE} ({what}: {e})") from None
 
 
 def assert_deterministic(first: torch.Tensor, second: torch.Tensor, what: str = "output") -> None:
@@ -144,17 +197,71 @@ def assert_deterministic(first: torch.Tensor, second: torch.Tensor, what: str = 
         idx = tuple(int(i) for i in (~same).nonzero()[0])
         raise AssertionError(
             f"nondeterministic: a missing barrier? {what}: two identical launches disagree at index {idx} "
-            f"({a[idx].item():.6g} vs {b[idx].item():.6g}): a thread reads shared memory another thread has "
-            "not finished writing -- a cuda.syncthreads() between the write and the read is missing")
+            f"({a[idx].item():.6g} vs {b[idx].item():.6g}): {RACE}")
 
 
-def check_kernel(fn, expected: torch.Tensor, what: str = "output", atol: float = 1e-5, rtol: float = 1e-5):
+RACE = ("a thread reads shared memory another thread has not finished writing -- a cuda.syncthreads() "
+        "between the write and the read is missing")
+
+
+def _attempt(fn):
+    """('ok', output) or ('overflow', the simulator's message)."""
+    try:
+        return "ok", fn()
+    except OverflowError as e:
+        return "overflow", str(e)
+
+
+def check_kernel(fn, expected: torch.Tensor, what: str = "output", atol: float = 1e-5, rtol: float = 1e-5,
+                 tries: int = 4):
     """Run fn() twice and compare the runs with each other first (a race), then with `expected`.
 
     A race in a reduction gives wrong values whose pattern looks like other mistakes (a max that
-    started at 0, a missing max subtraction); the second launch tells them apart. Returns the output.
+    started at 0, a missing max subtraction, an exp that overflows); the second launch tells them
+    apart, so the race verdict comes before any value-based advice. When launches overflow, up to
+    `tries` launches run: one that does not overflow means the overflow came from a race.
+    Returns the output.
     """
-    first = run_kernel(fn, what)
-    assert_deterministic(first, run_kernel(fn, what), what)
-    assert_close(first, expected, what, atol=atol, rtol=rtol)
+    from shared.runtime import gpu
+    before = gpu.LAUNCHES
+    with _poisoned_allocations():
+        runs = [_attempt(fn), _attempt(fn)]
+        while any(k == "overflow" for k, _ in runs) and all(k == runs[0][0] for k, _ in runs) and len(runs) < tries:
+            runs.append(_attempt(fn))
+    overflowed = sum(k == "overflow" for k, _ in runs)
+    if 0 < overflowed < len(runs):
+        raise AssertionError(f"nondeterministic: a missing barrier? {what}: {overflowed} of {len(runs)} identical "
+                             f"launches overflowed math.exp and the others did not: {RACE}")
+    if overflowed:
+        raise AssertionError(f"{OVERFLOW_ADVICE} ({what}: {runs[0][1]}; all {len(runs)} identical launches did)")
+    first, second = runs[0][1], runs[1][1]
+    assert_deterministic(first, second, what)
+    assert_close(first, expected, what, atol=atol, rtol=rtol, launched=gpu.LAUNCHES > before, poisoned=True)
     return first
+
+
+def _poisoned_allocations():
+    """Context manager: torch.empty / empty_like return float32/float16 tensors full of the UNWRITTEN
+    NaN (as a GPU's garbage would be, not the zeros a fresh CPU page holds), so an output element a
+    kernel never wrote is told apart from a NaN it computed."""
+    import contextlib
+    from unittest import mock
+    real_empty, real_like = torch.empty, torch.empty_like
+
+    def fresh(t):
+        if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16):
+            poison_(t)
+        return t
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(torch, "empty", lambda *a, **k: fresh(real_empty(*a, **k))))
+    stack.enter_context(mock.patch.object(torch, "empty_like", lambda *a, **k: fresh(real_like(*a, **k))))
+    return stack
+
+
+def sim_index_error(e: BaseException) -> tuple[int, int, int] | None:
+    """(index, axis, size) of the simulator's out-of-bounds IndexError, else None. On a GPU the same
+    access reads or writes someone else's memory; checkers turn it into what the index means."""
+    import re
+    m = re.search(r"index (-?\d+) is out of bounds for axis (\d+) with size (\d+)", str(e))
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None

@@ -49,7 +49,7 @@ def capabilities(track: str | None = None, tier: str | None = None, simulate: bo
 
 # The names the engine calls while it generates; every other provided name is a building block
 # (a day's exercise that later days build on, e.g. softmax or matmul) or a tool (benchmark).
-_ALWAYS = ("load_model", "load_config", "Tokenizer", "embedding", "rmsnorm", "linear",
+_ALWAYS = ("load_model", "load_config", "Tokenizer", "embedding", "rmsnorm", "add_rmsnorm", "linear",
            "rope_frequencies", "rope", "attention", "mlp", "silu_mul", "forward", "sample", "generate", "stream")
 _CACHE = ("KVCache", "kv_write", "decode_attention")
 _PAGED = ("PagedCache", "BlockAllocator", "paged_kv_write", "paged_decode_attention")

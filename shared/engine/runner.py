@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine.attention import NoCache
+from shared.weights import fuse_projections
 
 
 def check_ids(ids, vocab_size: int) -> None:
@@ -25,6 +26,7 @@ class ModelRunner:
 
     def __init__(self, ops, weights, backend, device, graphs_cls=None):
         self.ops, self.weights, self.backend, self.device = ops, weights, backend, device
+        fuse_projections(weights)          # day 54's forward reads wqkv / w_gate_up (idempotent, no copy once fused)
         self.cached = 0                                            # tokens the backend holds
         self.ids_buf = torch.zeros(1, dtype=torch.int32, device=device)
         self.pos_buf = torch.zeros(1, dtype=torch.int32, device=device)

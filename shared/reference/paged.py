@@ -51,7 +51,7 @@ class BlockAllocator:
     def allocate(self, seq_id, num_tokens: int) -> list[int]:
         """A new sequence holding num_tokens tokens (its prompt). Returns a copy of its block table."""
         if seq_id in self.tables:
-            raise ValueError(f"sequence {seq_id!r} already has blocks: free it first")
+            raise ValueError(f"sequence {seq_id!r} is allocated already: free it first")
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         self.tables[seq_id] = self._take(self.blocks_needed(num_tokens), f"a prompt of {num_tokens} tokens")
@@ -91,7 +91,7 @@ class BlockAllocator:
         """child_id shares every block of parent_id (ref count + 1): no copy until one of them writes."""
         self._known(parent_id)
         if child_id in self.tables:
-            raise ValueError(f"sequence {child_id!r} already has blocks: free it first")
+            raise ValueError(f"sequence {child_id!r} is allocated already: free it first")
         self.tables[child_id] = list(self.tables[parent_id])
         self.lengths[child_id] = self.lengths[parent_id]
         for b in self.tables[child_id]:

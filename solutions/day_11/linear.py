@@ -3,7 +3,9 @@
 Decode (T == 1) is a matrix-vector product: every weight is read once and used once, so the
 kernel is bound by memory bandwidth. The GEMV gives each row of w to a warp (or a few warps),
 reads it 16 bytes per thread per load, and keeps the sums in fp32.
-Prefill (T > 1) reuses each weight T times: the tiled GEMM stages tiles in shared memory.
+A few tokens (speculative verify, batched decode: 2 <= T <= 64) are still bound by reading w:
+the skinny GEMM is the GEMV with GROUP sums per lane, so w is read once per 8 tokens.
+Prefill (T > 64) reuses each weight T times: the tiled GEMM stages tiles in shared memory.
 
 Lesson: notes/day_11_linear.md        Check: pytest checkers/day_11
 """
@@ -18,6 +20,12 @@ WARP = 32
 VEC = 8              # GEMV: each lane takes 8 consecutive k per step (16 bytes of fp16)
 MAX_WARPS = 32       # GEMV scratch: one partial sum per warp of the largest block (1024 threads)
 BUSY_WARPS = 4096    # GEMV: split short matrices' rows over more warps until about this many run
+GROUP = 8            # skinny GEMM: tokens per block, one fp32 sum each per lane (registers)
+SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the skinny GEMM, more tokens the tiled GEMM
+# ... on a GPU. The simulator runs every thread in Python, where the skinny kernel's many threads and
+# per-token shuffles cost ~25x the tiled GEMM (the engine's prefill in every later checker would
+# crawl): there "auto" keeps the GEMM for T > 1, and the checker asks for path="skinny" by name.
+AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
 TILE = 16            # GEMM: a TILE x TILE block of threads computes a TILE x TILE tile of y
 TILE_PAD = TILE + 1  # shared tiles get one spare column: no bank conflicts on ws[tx, kk]
 
@@ -31,8 +39,8 @@ def make_gemv_kernel(load):
         """out[0, n] = sum_k x[0, k] * w[n, k], with `warps_per_row` warps per row n.
 
         The threads of a row take 8 consecutive k each per step (a warp reads 512 contiguous
-        bytes of fp16), then the last K % 8 values one each. Lanes add up with shuffles, a
-        row's warps through shared memory."""
+        bytes of fp16), two steps per iteration so two loads are in flight, then the last K % 8
+        values one each. Lanes add up with shuffles, a row's warps through shared memory."""
         partial = cuda.shared.array(MAX_WARPS, float32)   # one sum per warp
         N = out.shape[1]
         lane = cuda.threadIdx.x % WARP
@@ -45,7 +53,19 @@ def make_gemv_kernel(load):
         acc = float32(0.0)
         if n < N:
             body = K - K % VEC                # whole groups of 8; the rest is the tail
-            for k in range(me * VEC, body, threads * VEC):
+            step = threads * VEC
+            k = me * VEC
+            while k + step < body:            # two 16-byte loads of w in flight per lane, then the math
+                wa = load(w, n, k)
+                wb = load(w, n, k + step)
+                xa = load(x, 0, k)
+                xb = load(x, 0, k + step)
+                for j in range(VEC):
+                    acc += xa[j] * wa[j]
+                for j in range(VEC):
+                    acc += xb[j] * wb[j]
+                k += 2 * step
+            if k < body:                      # an odd number of steps: the last one alone
                 xv = load(x, 0, k)
                 wv = load(w, n, k)
                 for j in range(VEC):
@@ -71,6 +91,67 @@ def make_gemv_kernel(load):
 
 gemv_wide = make_gemv_kernel(load8_wide)  # rows (and x) start on 16-byte boundaries
 gemv_any = make_gemv_kernel(load8)        # any alignment, any strides
+
+
+def make_skinny_kernel(load):
+    """The skinny GEMM for a few tokens (2 <= T <= SKINNY_MAX_T), reading with `load`."""
+
+    @cuda.jit
+    def skinny_kernel(x, w, out, K, warps_per_row):
+        """out[t, n] for the GROUP tokens t of group blockIdx.y, laid out like the GEMV: each 8
+        values of row n a lane loads serve every token of the group (one sum per token in
+        registers), so w is read once per group of tokens, not once per token."""
+        partial = cuda.shared.array((MAX_WARPS, GROUP), float32)   # one sum per warp and token
+        T, N = out.shape
+        lane = cuda.threadIdx.x % WARP
+        warp = cuda.threadIdx.x // WARP
+        n = cuda.blockIdx.x * (cuda.blockDim.x // WARP // warps_per_row) + warp // warps_per_row
+        part = warp % warps_per_row
+        me = part * WARP + lane
+        threads = warps_per_row * WARP
+        t0 = cuda.blockIdx.y * GROUP          # this block's first token
+        acc = cuda.local.array(GROUP, float32)
+        for t in range(GROUP):
+            acc[t] = float32(0.0)
+
+        if n < N:
+            body = K - K % VEC
+            for k in range(me * VEC, body, threads * VEC):
+                wv = load(w, n, k)            # read once ...
+                for t in range(GROUP):        # ... used by every token of the group
+                    if t0 + t < T:
+                        xv = load(x, t0 + t, k)
+                        for j in range(VEC):
+                            acc[t] += xv[j] * wv[j]
+            for k in range(body + me, K, threads):      # the tail, one value each
+                wk = float32(w[n, k])
+                for t in range(GROUP):
+                    if t0 + t < T:
+                        acc[t] += float32(x[t0 + t, k]) * wk
+
+        for t in range(GROUP):
+            if t0 + t < T:                    # the same for the whole block: every lane shuffles
+                v = acc[t]
+                offset = WARP // 2
+                while offset > 0:
+                    v += shfl_down(v, offset)
+                    offset //= 2
+                if lane == 0:
+                    partial[warp, t] = v
+        cuda.syncthreads()                    # every warp's sums are in place
+        if lane == 0 and part == 0 and n < N:
+            for t in range(GROUP):
+                if t0 + t < T:
+                    total = float32(0.0)
+                    for p in range(warps_per_row):
+                        total += partial[warp + p, t]
+                    out[t0 + t, n] = total
+
+    return skinny_kernel
+
+
+skinny_wide = make_skinny_kernel(load8_wide)
+skinny_any = make_skinny_kernel(load8)
 
 
 @cuda.jit
@@ -112,19 +193,21 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: 
            warps_per_row: int | None = None) -> torch.Tensor:
     """y = x @ w.T for x [T, in], w [out, in] -> [T, out] in x's dtype, fp32 accumulation.
 
-    path "auto" takes GEMV for T == 1 and GEMM otherwise; "gemv" (T must be 1) and "gemm"
-    force one. GEMV: block_size threads per block (a power of two from 32 to 1024), and
-    warps_per_row warps per output row (a power of two <= block_size // 32; None picks one
-    from the shape). GEMM uses TILE x TILE blocks. Raise ValueError (one line) for shapes that
-    do not fit, dtypes that differ, an unknown path, or a bad launch configuration.
+    path "auto" takes the GEMV for T == 1, the skinny GEMM for 2 <= T <= SKINNY_MAX_T and the
+    tiled GEMM for more (the simulator: the GEMM for every T > 1, see AUTO_SKINNY_MAX_T);
+    "gemv" (T must be 1), "skinny" (any T >= 1) and "gemm" force one. GEMV and skinny:
+    block_size threads per block (a power of two from 32 to 1024), and warps_per_row warps
+    per output row (a power of two <= block_size // 32; None picks one from the shape),
+    16-byte loads when x and w are contiguous and 16-byte aligned. GEMM uses TILE x TILE blocks. Raise ValueError (one line) for shapes that do not fit, dtypes that
+    differ, an unknown path, or a bad launch configuration.
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear: need x [T, in] and w [out, in] with the same `in`, "
                          f"got x {tuple(x.shape)} and w {tuple(w.shape)}")
     if x.dtype != w.dtype:
         raise ValueError(f"linear: x is {x.dtype} but w is {w.dtype}; cast one so they match")
-    if path not in ("auto", "gemv", "gemm"):
-        raise ValueError(f"linear: path must be 'auto', 'gemv' or 'gemm', got {path!r}")
+    if path not in ("auto", "gemv", "skinny", "gemm"):
+        raise ValueError(f"linear: path must be 'auto', 'gemv', 'skinny' or 'gemm', got {path!r}")
     if block_size < WARP or block_size > WARP * MAX_WARPS or block_size & (block_size - 1):
         raise ValueError(f"linear: block_size must be a power of two from {WARP} to {WARP * MAX_WARPS}, "
                          f"got {block_size}")
@@ -143,12 +226,18 @@ def linear(x: torch.Tensor, w: torch.Tensor, *, path: str = "auto", block_size: 
         return out
     if K == 0:
         return out.zero_()                # an empty sum: nothing for a kernel to add
-    if path == "gemv" or (path == "auto" and T == 1):
+    if path == "auto":
+        path = "gemv" if T == 1 else "skinny" if T <= AUTO_SKINNY_MAX_T else "gemm"
+    if path in ("gemv", "skinny"):
         split = warps_per_row or gemv_warps_per_row(N, K, warps)
-        # 16-byte loads need every row of w, and x, to start on a 16-byte boundary
+        # 16-byte loads need every row of w, and of x, to start on a 16-byte boundary
         wide = (x.dtype in (torch.float16, torch.float32) and x.is_contiguous() and w.is_contiguous()
                 and x.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0 and K * x.element_size() % 16 == 0)
-        gpu.launch(gemv_wide if wide else gemv_any, gpu.cdiv(N, warps // split), block_size, x, w, out, K, split)
+        rows = gpu.cdiv(N, warps // split)
+        if path == "gemv":
+            gpu.launch(gemv_wide if wide else gemv_any, rows, block_size, x, w, out, K, split)
+        else:
+            gpu.launch(skinny_wide if wide else skinny_any, (rows, gpu.cdiv(T, GROUP)), block_size, x, w, out, K, split)
     else:
         gpu.launch(gemm_kernel, (gpu.cdiv(N, TILE), gpu.cdiv(T, TILE)), (TILE, TILE), x, w, out, T, N, K)
     return out

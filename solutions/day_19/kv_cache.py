@@ -63,6 +63,8 @@ def kv_write(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
     Works for a prefill (T tokens at once) and a decode append (T = 1). positions stay on the
     device (int32): no host sync. Positions outside [0, max_seq) are skipped, not written.
+    Raise ValueError (one line) unless both caches are [KV, max_seq, hd], k and v are both
+    [T, KV, hd] with the cache's KV and head_dim, and positions is [T].
     """
     if k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"kv_write: caches must both be [KV, max_seq, hd], got {tuple(k_cache.shape)} and "

@@ -73,7 +73,8 @@ def online_softmax(x: torch.Tensor, *, block_size: int = 256) -> torch.Tensor:
     (once for the running max and sum, once to write) instead of three times.
 
     One block of `block_size` threads (a power of two up to 1024) per row; a row that is all -inf
-    gives zeros.
+    gives zeros. A one-line ValueError unless x is 2-D float32/float16 and block_size is a power of
+    two from 1 to 1024.
     """
     if x.dim() != 2:
         raise ValueError(f"online_softmax takes a 2-D [rows, cols] tensor, got shape {tuple(x.shape)}")
@@ -97,6 +98,9 @@ def blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chun
 
     `reverse` walks the chunks last to first: the merge does not care about order, but early
     query rows then meet chunks they cannot see at all before any they can (m = -inf so far).
+
+    A one-line ValueError unless q is [T, H, hd] and k and v are both [S, KV, hd] with q's head size
+    hd, H is a multiple of KV (KV >= 1), T <= S and chunk >= 1.
     """
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"blocked_attention takes q [T, H, hd], k and v [S, KV, hd]; got {tuple(q.shape)}, "

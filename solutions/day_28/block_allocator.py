@@ -67,9 +67,12 @@ class BlockAllocator:
             raise ValueError(f"sequence {seq_id!r} has no blocks (never allocated, or already freed)")
 
     def allocate(self, seq_id, num_tokens: int) -> list[int]:
-        """A new sequence holding num_tokens tokens (its prompt). Returns a copy of its block table."""
+        """A new sequence holding num_tokens tokens (its prompt). Returns a copy of its block table.
+
+        ValueError if seq_id is allocated already -- even with 0 tokens and no block: allocate(x, 0)
+        twice is an error (free it first) -- or if num_tokens < 0."""
         if seq_id in self.tables:
-            raise ValueError(f"sequence {seq_id!r} already has blocks: free it first")
+            raise ValueError(f"sequence {seq_id!r} is allocated already: free it first")
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         blocks = self._take(self.blocks_needed(num_tokens), f"a prompt of {num_tokens} tokens")
@@ -95,7 +98,10 @@ class BlockAllocator:
         return self.slot(seq_id, n)
 
     def slot(self, seq_id, position: int) -> int:
-        """Where position lives in the pool: block * block_size + offset."""
+        """Where position lives in the pool: block * block_size + offset.
+
+        ValueError unless 0 <= position < length(seq_id): a position the sequence does not hold yet
+        (append_slot first) has no slot."""
         self._known(seq_id)
         if not 0 <= position < self.lengths[seq_id]:
             raise ValueError(f"position {position} is outside sequence {seq_id!r} (length {self.lengths[seq_id]})")
@@ -112,10 +118,13 @@ class BlockAllocator:
         return self.lengths[seq_id]
 
     def fork(self, parent_id, child_id) -> None:
-        """child_id shares every block of parent_id (ref count + 1): no copy until one of them writes."""
+        """child_id shares every block of parent_id (ref count + 1): no copy until one of them writes.
+
+        ValueError if parent_id is not allocated, or if child_id is allocated already (a fork never
+        overwrites an existing sequence's table)."""
         self._known(parent_id)
         if child_id in self.tables:
-            raise ValueError(f"sequence {child_id!r} already has blocks: free it first")
+            raise ValueError(f"sequence {child_id!r} is allocated already: free it first")
         self.tables[child_id] = list(self.tables[parent_id])
         self.lengths[child_id] = self.lengths[parent_id]
         for b in self.tables[child_id]:

@@ -49,8 +49,9 @@ def paged_kv_write(k_pool: torch.Tensor, v_pool: torch.Tensor, k: torch.Tensor, 
     """Scatter k, v [T, KV, hd] into one layer's pools [num_blocks, KV, block_size, hd].
 
     slot_mapping: int32 [T] on the device; token t goes to block slot // block_size, offset
-    slot % block_size. A slot < 0 is padding: that token is not written. Pools and k, v may be
-    fp16 or fp32, not necessarily the same (the store casts). `threads` = threads per block.
+    slot % block_size. A slot < 0 is padding: that token is not written; nor is a slot past the
+    pool (>= num_blocks * block_size: the kernel's guard). Pools and k, v may be fp16 or fp32,
+    not necessarily the same (the store casts). `threads` = threads per block.
     """
     if k_pool.dim() != 4 or k_pool.shape != v_pool.shape:
         raise ValueError(f"paged_kv_write: pools must both be [num_blocks, KV, block_size, hd], got "

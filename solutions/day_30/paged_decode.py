@@ -5,7 +5,8 @@ Lesson: notes/day_30_paged_decode.md        Check: pytest checkers/day_30
 The KV cache is a pool of fixed-size blocks [num_blocks, KV, block_size, hd] shared by every
 sequence (days 28 and 29). Sequence b's position p lives in block block_tables[b, p // block_size]
 at offset p % block_size. Everything else is day 27: blocks (split, KV head, sequence) compute
-partial softmaxes over chunks of keys, a merge kernel combines them per (head, sequence).
+partial softmaxes over chunks of keys (a team of lanes per key, a running state per query head in
+registers), a merge kernel combines them per (head, sequence).
 """
 import math
 
@@ -13,117 +14,133 @@ import numpy as np
 import torch
 
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
-from numba import cuda, float32, int32
+from numba import cuda, float32
 
 from shared.runtime.vector_loads import load8, load8_wide
 
+WARP = 32
 MAX_BLOCK = 1024
+MAX_HEAD_DIM = 8 * WARP     # a key's team is at most a warp: 8 values per lane
 SHARED_FLOATS = 12 * 1024   # 48 KiB of dynamic shared memory per block: the default limit
 SIM_SMS = 4                 # the simulator has no SMs; a small number keeps its grids small
+NEG_INF = np.float32(-np.inf)
 
 
-# ---- given: day 27's reduction and merge, with a batch dimension -------------------------------
+# ---- given: day 27's shuffle, rescale and merge (with a batch dimension) ------------------------
+if gpu.SIM:
+    import threading
+    _first_use = threading.Lock()
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v, via shared memory: the simulator has no shuffles, so
+        EVERY thread of the block must call it the same number of times (it has barriers)."""
+        with _first_use:   # the simulator's cuda.shared.array is not thread-safe on first use
+            buf = cuda.shared.array(MAX_BLOCK, float32)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()                  # every lane's value is in place
+        got = buf[tid ^ mask]
+        cuda.syncthreads()                  # everyone has read before the next call overwrites
+        return got
+else:
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v; every lane of the warp must call it (mask < 32)."""
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, mask)
+
+
 @cuda.jit(device=True)
-def tree_reduce(smem, base, group, is_max):
-    """For each of `group` rows of blockDim values at smem[base + row * blockDim + tid]: row's max
-    (is_max) or sum ends up at the row's first element. blockDim must be a power of two; every
-    thread must call this (it has barriers); it starts and ends with one."""
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
-    cuda.syncthreads()                       # every thread's value is in place
-    stride = nthreads // 2
-    while stride > 0:
-        if tid < stride:
-            for r in range(group):
-                a = base + r * nthreads + tid
-                if is_max:
-                    smem[a] = max(smem[a], smem[a + stride])
-                else:
-                    smem[a] += smem[a + stride]
-        cuda.syncthreads()
-        stride //= 2
+def rescale(m_old, m_new):
+    """exp(m_old - m_new): the factor that moves a sum kept relative to m_old onto m_new. An empty
+    state (m_old = -inf, l = 0) gets 0, also when m_new is -inf too (exp(-inf + inf) is NaN)."""
+    return math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+
+
+def lanes_per_key(hd: int) -> int:
+    """Threads that share one key: 8 values of the head dim each, a power of two (shuffles)."""
+    lanes = 1
+    while 8 * lanes < hd:
+        lanes *= 2
+    return lanes
 
 
 @cuda.jit
-def merge_kernel(m_in, l_in, acc_in, out):
-    """Block (query head h, sequence b): out[b, h] = sum_s w_s acc_s / sum_s w_s l_s with
-    w_s = exp(m_s - M), M = max_s m_s (day 27's merge). Empty splits (l = 0) are skipped; a
-    sequence with no keys at all gets zeros. Dynamic shared memory: [ w (splits) | rows (blockDim) ]."""
+def merge_kernel(m_in, l_in, acc_in, context_lens, chunk, max_pos, out):
+    """Block (query head h, sequence b): day 27's merge over sequence b's live splits
+    s < cdiv(n_b, chunk), n_b = min(context_lens[b], max_pos) (the others hold no key and wrote
+    nothing). A sequence with no keys gets zeros. Shared memory: [ m (groups) | l (groups) | acc (groups * hd) ]."""
     h = cuda.blockIdx.x
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
     splits = m_in.shape[1]
     hd = out.shape[2]
-    smem = cuda.shared.array(0, float32)
-    red = splits
-
-    mx = float32(-math.inf)
-    for s in range(tid, splits, nthreads):
-        mx = max(mx, m_in[b, s, h])
-    smem[red + tid] = mx
-    tree_reduce(smem, red, 1, True)
-    big = smem[red]
-    cuda.syncthreads()                        # everyone has M before the row is reused
-    total = float32(0.0)
-    for s in range(tid, splits, nthreads):
-        w = float32(0.0)
-        ls = l_in[b, s, h]
-        if ls > 0:
-            w = math.exp(m_in[b, s, h] - big)
-        smem[s] = w
-        total += ls * w
-    smem[red + tid] = total
-    tree_reduce(smem, red, 1, False)          # its barriers also publish every w
-    total = smem[red]
-    inv = float32(1.0) / total if total > 0 else float32(0.0)
-    cuda.syncthreads()                        # everyone has the sum before the row is reused
-
+    n = min(context_lens[b], max_pos)
+    live = min(splits, (n + chunk - 1) // chunk)
     if hd <= nthreads:
         groups, g, d0, dstep = nthreads // hd, tid // hd, tid % hd, hd
     else:
         groups, g, d0, dstep = 1, 0, tid, nthreads
+    smem = cuda.shared.array(0, float32)
     if g < groups:
         for d in range(d0, hd, dstep):
-            part = float32(0.0)
-            for s in range(g, splits, groups):
-                w = smem[s]
-                if w > 0:
-                    part += w * acc_in[b, s, h, d]
+            big = NEG_INF
+            total = float32(0.0)
+            a = float32(0.0)
+            for s in range(g, live, groups):
+                ms = m_in[b, s, h]
+                mn = max(big, ms)
+                c = rescale(big, mn)
+                w = math.exp(ms - mn)
+                total = total * c + w * l_in[b, s, h]
+                a = a * c + w * acc_in[b, s, h, d]
+                big = mn
             if groups == 1:
-                out[b, h, d] = part * inv
+                out[b, h, d] = a / total if total > 0 else float32(0.0)
             else:
-                smem[red + tid] = part
-    cuda.syncthreads()                        # every copy's partial sum is in place
+                smem[2 * groups + g * hd + d] = a
+                if d == 0:
+                    smem[g] = big
+                    smem[groups + g] = total
+    cuda.syncthreads()                        # every group's state is in place
     if groups > 1 and tid < hd:
-        part = float32(0.0)
-        for c in range(groups):
-            part += smem[red + c * hd + tid]
-        out[b, h, tid] = part * inv
+        big = NEG_INF
+        for gg in range(groups):
+            big = max(big, smem[gg])
+        total = float32(0.0)
+        a = float32(0.0)
+        for gg in range(groups):
+            f = rescale(smem[gg], big)
+            total += f * smem[groups + gg]
+            a += f * smem[2 * groups + gg * hd + tid]
+        out[b, h, tid] = a / total if total > 0 else float32(0.0)
 
 
 # ---- the exercise: the split kernel through the block table -------------------------------------
-def make_split_kernel(load):
-    """The paged split kernel, reading K 8 values at a time with `load` (load8_wide: one 16-byte
-    load, rows 16-byte aligned; load8: any alignment)."""
+@cuda.jit(device=True)
+def pool_row(block_tables, b, p, kvh, KV, bs):
+    """The row of the pool (viewed as [num_blocks * KV * block_size, hd]) that holds position p
+    of sequence b, KV head kvh: block block_tables[b, p // bs], offset p % bs."""
+    blk = block_tables[b, p // bs]
+    return (blk * KV + kvh) * bs + p % bs
 
-    @cuda.jit(device=True)
-    def pool_row(block_tables, b, p, kvh, KV, bs):
-        """The row of the pool (viewed as [num_blocks * KV * block_size, hd]) that holds position p
-        of sequence b, KV head kvh: block block_tables[b, p // bs], offset p % bs."""
-        blk = block_tables[b, p // bs]
-        return (blk * KV + kvh) * bs + p % bs
+
+def make_split_kernel(load, group):
+    """The paged split kernel for `group` query heads per KV head, reading 8 values at a time with
+    `load` (load8_wide: one 16-byte load, rows 16-byte aligned; load8: any alignment). `group` is
+    a compile-time constant so that the per-head state lives in registers."""
+    GQ = 8 * group
 
     @cuda.jit
-    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, group, chunk, bs, KV, scale):
+    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, chunk, bs, KV, lanes, scale):
         """Block (split s, KV head kvh, sequence b): positions [s * chunk, min((s + 1) * chunk, n))
         of sequence b, n = context_lens[b], for the `group` query heads of KV head kvh. chunk is a
-        multiple of bs, so a split starts on a block boundary. Table entries past the last
-        valid position are never read. Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :].
-
-        Dynamic shared memory (fp32 unless said): [ q of the group (group * hd) | scores
-        (group * chunk) | reduction rows (max(2 * group * blockDim, 8 * blockDim)) | int32 pool row
-        of each position of the chunk (chunk) ].
+        multiple of bs, so a split starts on a block boundary. A team of `lanes` threads takes one
+        position per step and finds its pool row through the table (never for a position >= n:
+        entries past it are garbage). Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :];
+        a split that starts at or past n writes nothing. Dynamic shared memory (fp32), one state
+        per team: [ m (teams * group) | l (teams * group) | acc (teams * group * hd) ].
         """
         s = cuda.blockIdx.x
         kvh = cuda.blockIdx.y
@@ -136,105 +153,112 @@ def make_split_kernel(load):
         start = s * chunk
         end = min(start + chunk, n)
         if start >= end:                          # the whole block leaves here: no barrier is skipped
-            for hh in range(tid, group, nthreads):
-                m_out[b, s, h0 + hh] = float32(-math.inf)
-                l_out[b, s, h0 + hh] = float32(0.0)
             return
         count = end - start
+        team = tid // lanes
+        teams = nthreads // lanes
+        d0 = (tid % lanes) * 8
+        full = d0 + 8 <= hd
 
-        smem = cuda.shared.array(0, float32)
-        ismem = cuda.shared.array(0, int32)       # the same memory, seen as int32
-        sc = group * hd
-        red = sc + group * chunk
-        red2 = red + group * nthreads
-        rows = red + max(2 * group * nthreads, 8 * nthreads)
-        for i in range(tid, group * hd, nthreads):
-            smem[i] = float32(q[b, h0 + i // hd, i % hd]) * scale
-        cuda.syncthreads()                        # q of the whole group is staged
-
-        # 1. scores: one position per thread, its K row found through the block table (and kept
-        #    in shared memory: V is in the same row of its pool)
-        body = hd - hd % 8
-        for j in range(tid, count, nthreads):
-            row = pool_row(block_tables, b, start + j, kvh, KV, bs)
-            ismem[rows + j] = row
-            for hh in range(group):
-                qb = hh * hd
-                acc = float32(0.0)
-                for d in range(0, body, 8):
-                    kv8 = load(k, row, d)
-                    for i in range(8):
-                        acc += smem[qb + d + i] * kv8[i]
-                for d in range(body, hd):
-                    acc += smem[qb + d] * float32(k[row, d])
-                smem[sc + hh * chunk + j] = acc
-
-        # 2. per head: max, exp(s - max), sum
+        qr = cuda.local.array(GQ, float32)
+        acc = cuda.local.array(GQ, float32)
+        m = cuda.local.array(group, float32)
+        l = cuda.local.array(group, float32)
+        kr = cuda.local.array(8, float32)
+        vr = cuda.local.array(8, float32)
         for hh in range(group):
-            mx = float32(-math.inf)
-            for j in range(tid, count, nthreads):
-                mx = max(mx, smem[sc + hh * chunk + j])
-            smem[red + hh * nthreads + tid] = mx
-        tree_reduce(smem, red, group, True)
-        for hh in range(group):
-            mh = smem[red + hh * nthreads]
-            total = float32(0.0)
-            for j in range(tid, count, nthreads):
-                e = math.exp(smem[sc + hh * chunk + j] - mh)
-                smem[sc + hh * chunk + j] = e
-                total += e
-            smem[red2 + hh * nthreads + tid] = total
-        tree_reduce(smem, red2, group, False)     # its barriers also publish every exp score
-        for hh in range(tid, group, nthreads):
-            m_out[b, s, h0 + hh] = smem[red + hh * nthreads]
-            l_out[b, s, h0 + hh] = smem[red2 + hh * nthreads]
-        cuda.syncthreads()                        # m and l are read before the rows are reused
-
-        # 3. acc[hh, d] = sum_j e_j v_j[d] (the rows found in step 1). R threads
-        #    cover one V row, 8 consecutive values each (one 16-byte load of fp16); the block holds
-        #    `copies` such teams, team c takes keys c, c + copies, ... A warp reads whole rows.
-        R = (hd + 7) // 8
-        copies = nthreads // R
-        c, d0 = tid // R, (tid % R) * 8
-        a = cuda.local.array(8, float32)          # constant indices only: it lives in registers
-        for hh in range(group):
+            m[hh] = NEG_INF
+            l[hh] = float32(0.0)
             for i in range(8):
-                a[i] = float32(0.0)
-            if c < copies:
-                for j in range(c, count, copies):
-                    e = smem[sc + hh * chunk + j]
-                    row = ismem[rows + j]
-                    if d0 + 8 <= hd:
-                        v8 = load(v, row, d0)
-                        for i in range(8):
-                            a[i] += e * v8[i]
-                    else:                         # the last team of a head dim that is not a multiple of 8
-                        for i in range(8):
-                            if d0 + i < hd:
-                                a[i] += e * float32(v[row, d0 + i])
+                qr[hh * 8 + i] = float32(q[b, h0 + hh, d0 + i]) * scale if d0 + i < hd else float32(0.0)
+                acc[hh * 8 + i] = float32(0.0)
+        for i in range(8):
+            kr[i] = float32(0.0)
+            vr[i] = float32(0.0)
+
+        # 1. every team walks its positions with an online softmax (the same step count for the
+        #    whole block: a team past the end still takes part in its warp's shuffles)
+        steps = (count + teams - 1) // teams
+        for step in range(steps):
+            j = step * teams + team
+            valid = j < count
+            if valid:
+                row = pool_row(block_tables, b, start + j, kvh, KV, bs)   # K and V share the row
+                if full:
+                    k8 = load(k, row, d0)
+                    v8 = load(v, row, d0)
+                    for i in range(8):
+                        kr[i] = k8[i]
+                        vr[i] = v8[i]
+                else:
+                    for i in range(8):
+                        kr[i] = float32(k[row, d0 + i]) if d0 + i < hd else float32(0.0)
+                        vr[i] = float32(v[row, d0 + i]) if d0 + i < hd else float32(0.0)
+            for hh in range(group):
+                x = float32(0.0)
                 for i in range(8):
-                    if d0 + i < hd:
-                        smem[red + c * hd + d0 + i] = a[i]
-            cuda.syncthreads()                    # every team's partial sums for head hh are in place
-            for d in range(tid, hd, nthreads):
-                total = float32(0.0)
-                for t in range(copies):
-                    total += smem[red + t * hd + d]
-                acc_out[b, s, h0 + hh, d] = total
-            cuda.syncthreads()                    # read before the next head overwrites them
+                    x += qr[hh * 8 + i] * kr[i]
+                mask = lanes // 2
+                while mask > 0:
+                    x += shfl_xor(x, mask)
+                    mask //= 2
+                if valid:
+                    mn = max(m[hh], x)
+                    c = rescale(m[hh], mn)
+                    p = math.exp(x - mn)
+                    l[hh] = l[hh] * c + p
+                    for i in range(8):
+                        acc[hh * 8 + i] = acc[hh * 8 + i] * c + p * vr[i]
+                    m[hh] = mn
+
+        # 2. the teams merge through shared memory (day 27)
+        smem = cuda.shared.array(0, float32)
+        base_l = teams * group
+        base_acc = 2 * teams * group
+        for hh in range(group):
+            t = team * group + hh
+            if d0 == 0:
+                smem[t] = m[hh]
+                smem[base_l + t] = l[hh]
+            for i in range(8):
+                if d0 + i < hd:
+                    smem[base_acc + t * hd + d0 + i] = acc[hh * 8 + i]
+        cuda.syncthreads()                        # every team's state is in place
+        for idx in range(tid, group * hd, nthreads):
+            hh = idx // hd
+            d = idx % hd
+            big = NEG_INF
+            for t in range(teams):
+                big = max(big, smem[t * group + hh])
+            total = float32(0.0)
+            a = float32(0.0)
+            for t in range(teams):
+                f = rescale(smem[t * group + hh], big)
+                total += f * smem[base_l + t * group + hh]
+                a += f * smem[base_acc + (t * group + hh) * hd + d]
+            acc_out[b, s, h0 + hh, d] = a
+            if d == 0:
+                m_out[b, s, h0 + hh] = big
+                l_out[b, s, h0 + hh] = total
 
     return split_kernel
 
 
-split_wide = make_split_kernel(load8_wide)   # pool rows start on 16-byte boundaries
-split_any = make_split_kernel(load8)         # any alignment
+_KERNELS: dict = {}
+
+
+def split_kernel_for(wide: bool, group: int):
+    """The split kernel for this group size and load (compiled once per pair, then cached)."""
+    if (wide, group) not in _KERNELS:
+        _KERNELS[wide, group] = make_split_kernel(load8_wide if wide else load8, group)
+    return _KERNELS[wide, group]
 
 
 _SMS: dict = {}
 
 
 def sm_count(device) -> int:
-    """How many SMs the GPU has (cached per device)."""
+    """How many SMs the GPU has (cached per device): the split count is sized to fill them."""
     if gpu.SIM:
         return SIM_SMS
     index = torch.device(device).index or 0
@@ -243,21 +267,23 @@ def sm_count(device) -> int:
     return _SMS[index]
 
 
-def shared_floats(group: int, hd: int, chunk: int, block_size: int) -> int:
-    """The split kernel's dynamic shared memory, in 4-byte values: day 27's, plus a pool row per
-    position of the chunk."""
-    return group * (hd + chunk) + max(2 * group * block_size, 8 * block_size) + chunk
+def shared_floats(group: int, hd: int, lanes: int, block_size: int) -> int:
+    """The split kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per team and head."""
+    return (block_size // lanes) * group * (hd + 2)
 
 
-def pick_splits(max_blocks: int, B: int, KV: int, group: int, hd: int, kv_block: int, block_size: int,
-                sms: int) -> int:
+def merge_floats(hd: int, merge_block: int) -> int:
+    """The merge kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per group."""
+    return max(merge_block // hd, 1) * (hd + 2)
+
+
+def pick_splits(max_blocks: int, B: int, KV: int, kv_block: int, lanes: int, block_size: int, sms: int) -> int:
     """Splits over a table of max_blocks KV blocks, from shapes and the SM count only: about two
-    thread blocks per SM with all B sequences full, at least block_size positions per chunk, few
-    enough that a chunk's scores fit in shared memory. Chunks are whole KV blocks, so the count
-    is rounded to one that divides the table into equal whole-block chunks."""
-    want = min(gpu.cdiv(2 * sms, B * KV), gpu.cdiv(max_blocks * kv_block, block_size))
-    cap = (SHARED_FLOATS - shared_floats(group, hd, 0, block_size)) // (group + 1) // kv_block   # KV blocks per chunk
-    per_chunk = max(min(gpu.cdiv(max_blocks, max(want, 1)), cap), 1)
+    thread blocks per SM with all B sequences full, but no chunk shorter than one step of the
+    block (block_size // lanes positions). Chunks are whole KV blocks, so the count is rounded to
+    one that divides the table into equal whole-block chunks."""
+    want = min(gpu.cdiv(2 * sms, B * KV), gpu.cdiv(max_blocks * kv_block, block_size // lanes))
+    per_chunk = gpu.cdiv(max_blocks, max(want, 1))                   # KV blocks per chunk
     return gpu.cdiv(max_blocks, per_chunk)
 
 
@@ -266,10 +292,12 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                            block_size: int = 128, merge_block: int = 256) -> torch.Tensor:
     """One new query per sequence and head over that sequence's paged cache.
 
-    q [B, H, hd]; pools [num_blocks, KV, kv_block, hd]; block_tables int32 [B, max_blocks];
-    context_lens int32 [B] (0 gives zeros). Both are read only inside the kernels.
-    splits: chunks per sequence (0: pick_splits; a chunk is cdiv(max_blocks, splits) whole KV
-    blocks); block_size, merge_block: threads per block (powers of two). Returns [B, H, hd].
+    q [B, H, hd] (H a multiple of KV, hd at most 256, float32/float16); pools [num_blocks, KV,
+    kv_block, hd] of q's head_dim and one dtype; block_tables int32 [B, max_blocks]; context_lens
+    int32 [B] (0 gives zeros; so do B == 0 and max_blocks == 0). Tables and lengths are read only
+    inside the kernels. splits: chunks per sequence, 1..max_blocks (0: pick_splits; a chunk is
+    cdiv(max_blocks, splits) whole KV blocks); block_size, merge_block: threads per block (powers
+    of two in 32..1024). Returns [B, H, hd] in q's dtype.
     """
     if q.dim() != 3 or k_pool.dim() != 4 or k_pool.shape != v_pool.shape:
         raise ValueError(f"paged_decode_attention: q must be [B, H, hd] and both pools [num_blocks, KV, "
@@ -279,6 +307,8 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     if pool_hd != hd or KV == 0 or H % KV or hd == 0 or kv_block == 0:
         raise ValueError(f"paged_decode_attention: q {tuple(q.shape)} does not fit pools {tuple(k_pool.shape)}: "
                          "head_dim must match and H must be a multiple of KV")
+    if hd > MAX_HEAD_DIM:
+        raise ValueError(f"paged_decode_attention: head_dim {hd} > {MAX_HEAD_DIM} (a warp of lanes, 8 values each)")
     for name, t, shape in (("block_tables", block_tables, (B, None)), ("context_lens", context_lens, (B,))):
         if (not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != len(shape)
                 or t.shape[0] != B):
@@ -287,8 +317,8 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                              f"got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
     max_blocks = block_tables.shape[1]
     for name, b in (("block_size", block_size), ("merge_block", merge_block)):
-        if b < 32 or b > MAX_BLOCK or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two in 32..{MAX_BLOCK}, got {b}")
+        if b < WARP or b > MAX_BLOCK or b & (b - 1):
+            raise ValueError(f"{name} must be a power of two in {WARP}..{MAX_BLOCK}, got {b}")
     for t in (q, k_pool, v_pool):
         if t.dtype not in (torch.float32, torch.float16):
             raise ValueError(f"paged_decode_attention works on float32/float16, got {t.dtype}")
@@ -297,30 +327,31 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     gpu.require_device(q, k_pool, v_pool, block_tables, context_lens)
     out = torch.empty((B, H, hd), dtype=q.dtype, device=q.device)
     if B == 0 or max_blocks == 0:
-        return out.zero_()
+        return out.zero_()                                # no keys anywhere: zeros, not whatever empty held
     group = H // KV
+    lanes = lanes_per_key(hd)
     if splits == 0:
-        splits = pick_splits(max_blocks, B, KV, group, hd, kv_block, block_size, sm_count(q.device))
+        splits = pick_splits(max_blocks, B, KV, kv_block, lanes, block_size, sm_count(q.device))
     if not 1 <= splits <= max_blocks:
         raise ValueError(f"splits must be in 1..max_blocks={max_blocks} (or 0 for automatic), got {splits}")
     chunk = gpu.cdiv(max_blocks, splits) * kv_block       # whole KV blocks
     splits = gpu.cdiv(max_blocks * kv_block, chunk)       # no split that could never hold a key
-    need = shared_floats(group, hd, chunk, block_size)
-    if hd > 8 * block_size or need > SHARED_FLOATS:
-        raise ValueError(f"paged_decode_attention: chunks of {chunk} positions for {group} query heads per KV "
-                         f"head need {4 * need} bytes of shared memory (> {4 * SHARED_FLOATS}): use more "
-                         "splits, a smaller block_size, or splits=0")
-    if splits + merge_block > SHARED_FLOATS:
-        raise ValueError(f"paged_decode_attention: {splits} splits is too many for the merge's shared memory")
+    need = shared_floats(group, hd, lanes, block_size)
+    if need > SHARED_FLOATS:
+        raise ValueError(f"paged_decode_attention: {group} query heads per KV head with head_dim {hd} need "
+                         f"{4 * need} bytes of shared memory at block_size={block_size} (> {4 * SHARED_FLOATS}): "
+                         "use a smaller block_size")
 
     k2 = k_pool.reshape(num_blocks * KV * kv_block, hd)   # a view for a contiguous pool
     v2 = v_pool.reshape(num_blocks * KV * kv_block, hd)
-    wide = hd % 8 == 0 and k2.is_contiguous() and k2.data_ptr() % 16 == 0
+    wide = (hd % 8 == 0 and k2.is_contiguous() and v2.is_contiguous() and k2.data_ptr() % 16 == 0
+            and v2.data_ptr() % 16 == 0)
     m = torch.empty((B, splits, H), dtype=torch.float32, device=q.device)
     l = torch.empty((B, splits, H), dtype=torch.float32, device=q.device)
     acc = torch.empty((B, splits, H, hd), dtype=torch.float32, device=q.device)
-    gpu.launch(split_wide if wide else split_any, (splits, KV, B), block_size, q.contiguous(), k2, v2,
-               block_tables.contiguous(), context_lens.contiguous(), m, l, acc, group, chunk, kv_block, KV,
-               np.float32(1.0 / math.sqrt(hd)), shared_bytes=4 * need)
-    gpu.launch(merge_kernel, (H, B), merge_block, m, l, acc, out, shared_bytes=4 * (splits + merge_block))
+    tables, lens = block_tables.contiguous(), context_lens.contiguous()
+    gpu.launch(split_kernel_for(wide, group), (splits, KV, B), block_size, q.contiguous(), k2, v2, tables, lens,
+               m, l, acc, chunk, kv_block, KV, lanes, np.float32(1.0 / math.sqrt(hd)), shared_bytes=4 * need)
+    gpu.launch(merge_kernel, (H, B), merge_block, m, l, acc, lens, chunk, max_blocks * kv_block, out,
+               shared_bytes=4 * merge_floats(hd, merge_block))
     return out

@@ -40,7 +40,8 @@ class PagedCache:
         self.start = self.T = 0
 
     def release(self) -> None:
-        """The sequence is finished: its blocks go back to the pool."""
+        """The sequence is finished: its blocks go back to the pool (none after a prepare(0, T)
+        that raised OutOfBlocksError: then this does nothing)."""
         if self.held:
             self.allocator.free(SEQ)
             self.held = False

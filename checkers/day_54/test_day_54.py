@@ -1,0 +1,453 @@
+"""Day 54 checker: add_rmsnorm (residual add + RMSNorm in one kernel) and the fused forward.
+Run: pytest checkers/day_54"""
+import collections
+import dataclasses
+
+import pytest
+import torch
+
+from shared import reference
+from shared.course.registry import Ops
+from shared.course.testing import assert_close, no_host_reads, randn, record_bench, tol
+from shared.weights import fuse_projections
+
+DTYPES = [torch.float32, torch.float16]
+TINY_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+# ---- add_rmsnorm ---------------------------------------------------------------------------------
+def hf_rmsnorm(x, weight, eps):
+    """transformers' own LlamaRMSNorm with our weight and eps (on the CPU)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    norm = LlamaRMSNorm(weight.shape[0], eps=eps).to(weight.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight.cpu())
+        return norm(x.cpu())
+
+
+def residual_case(rows, hidden, dtype, device, seed=0):
+    """(h, x, weight): rows at scales 1, 1e-4 (eps matters), 100, ...; x about as large as h;
+    a weight that is not ones (a kernel that forgets it must fail)."""
+    scales = torch.tensor([1.0, 1e-4, 100.0, 0.5, 3e-3])[torch.arange(rows) % 5][:, None]
+    h = (randn(rows, hidden, seed=seed) * scales).to(dtype=dtype, device=device)
+    x = (randn(rows, hidden, seed=seed + 1) * scales).to(dtype=dtype, device=device)
+    w = (1.0 + 0.5 * randn(hidden, seed=seed + 2)).to(dtype=dtype, device=device)
+    return h, x, w
+
+
+def check_add_rmsnorm(day, h, x, w, eps, what, **kw):
+    """Call day.add_rmsnorm and check both effects: h == h + x (in h's dtype, bit for bit: one
+    rounding of the fp32 sum, as torch's add) and the result == HF's RMSNorm of that new h."""
+    want_h = h + x                       # torch adds in h's dtype: HF's residual add
+    want = hf_rmsnorm(want_h, w, eps)
+    out = day.add_rmsnorm(h, x, w, eps, **kw)
+    assert isinstance(out, torch.Tensor) and out.dtype == h.dtype, \
+        f"{what}: add_rmsnorm must return a tensor of h's dtype {h.dtype}"
+    assert out.data_ptr() != h.data_ptr(), f"{what}: return the norm in a new tensor; h keeps the residual stream"
+    differ = (h.cpu() != want_h.cpu()).sum().item()
+    assert not differ, (f"{what}: h was not updated in place to h + x ({differ} of {h.numel()} elements differ) -- "
+                        "the kernel must store the sum into h itself, not into a copy")
+    assert_close(out, want, f"{what}: rmsnorm of h + x", **tol(h.dtype))
+    return out
+
+
+@pytest.fixture(scope="module")
+def eps(tiny_model):
+    return reference.load_config(tiny_model).rms_norm_eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [50, 97])
+def test_add_then_rmsnorm_matches_hf(day, device, sizes, dtype, hidden, eps):
+    """Odd hidden sizes, not multiples of the block; rows at scales where eps matters."""
+    h, x, w = residual_case(sizes(tiny=3, real=257), hidden, dtype, device)
+    check_add_rmsnorm(day, h, x, w, eps, f"add_rmsnorm hidden={hidden} {dtype}", block_size=32)
+
+
+@pytest.mark.parametrize("block_size", [1, 64, 128])
+def test_block_sizes(day, device, sizes, block_size):
+    """More threads than columns (97 < 128), a block of one thread: idle threads add 0."""
+    hidden = sizes(tiny=97, real=2049)
+    h, x, w = residual_case(2, hidden, torch.float32, device, seed=block_size)
+    check_add_rmsnorm(day, h, x, w, 1e-5, f"add_rmsnorm block_size={block_size}", block_size=block_size)
+
+
+def test_barriers_in_the_block_reduction(day, device, sizes):
+    """One column per thread, all the mass in the far half: a tree step that reads a partial sum
+    before its owner wrote it (a missing cuda.syncthreads()) gives a wrong norm."""
+    n = sizes(tiny=64, real=1024)
+    h = torch.zeros(2, n)
+    h[:, n // 2:] = 500.0 * (1 + torch.arange(n - n // 2))
+    x = h.clone()
+    w = (1.0 + 0.5 * randn(n, seed=3))
+    check_add_rmsnorm(day, h.to(device), x.to(device), w.to(device), 1e-5,
+                      f"add_rmsnorm with one column per thread (block_size={n})", block_size=n)
+
+
+def test_fp16_norm_reads_the_rounded_sum_bit_for_bit(day, device, eps):
+    """HF adds the residual in fp16 (one rounding), THEN normalizes the rounded value. Here
+    |h| = k/8 in [2, 4) and x = 2^-11 of h's sign: h + x is not an fp16 number (its spacing there
+    is 2^-9) and rounds back to h. Every sum of squares of the rounded values is exact in fp32, so the
+    result must equal HF bit for bit; a norm of the fp32 sum before rounding is off by an fp16
+    ulp in many elements."""
+    g = torch.Generator().manual_seed(12)
+    hidden = 200
+    k = torch.randint(16, 32, (3, hidden), generator=g).float() / 8
+    sign = torch.randint(0, 2, (3, hidden), generator=g).float() * 2 - 1
+    h = (k * sign).to(dtype=torch.float16, device=device)
+    x = (2.0 ** -11 * sign).to(dtype=torch.float16, device=device)   # same sign: every |h + x| grows
+    w = (1.0 + 0.5 * randn(hidden, seed=13)).to(dtype=torch.float16, device=device)
+    want = hf_rmsnorm(h + x, w, eps)
+    out = day.add_rmsnorm(h, x, w, eps, block_size=64)
+    differ = (out.cpu() != want).nonzero()
+    assert not len(differ), (f"fp16 add_rmsnorm: {len(differ)} of {out.numel()} elements differ from HF bit for bit, "
+                             f"first at {tuple(differ[0].tolist())} -- store h + x into h first (that rounds it to "
+                             "fp16), then square and scale the stored value, float32(h[row, c]); round x * inv_rms "
+                             "to fp16 before the weight, as on day 10")
+
+
+def test_zero_sum_gives_zeros_not_nan(day, device):
+    """h + x == 0: eps keeps the norm finite, the row comes out as zeros."""
+    h = randn(2, 40, device=device, seed=4)
+    out = day.add_rmsnorm(h, -h.clone(), torch.ones(40, device=device), 1e-5, block_size=32)
+    assert_close(out, torch.zeros_like(out), "add_rmsnorm of a row that sums to zero (eps?)", atol=0, rtol=0)
+
+
+def test_leading_dims_and_strided_h(day, device):
+    """h [2, 3, hidden] updates all 6 rows in place; a 2-D h that is a column slice of a wider
+    buffer is updated where it lives (the buffer's other columns untouched); x and the weight
+    stay as they were."""
+    h, x, w = (randn(2, 3, 24, device=device, seed=5), randn(2, 3, 24, device=device, seed=6),
+               1.0 + 0.5 * randn(24, device=device, seed=7))
+    x0, w0 = x.clone(), w.clone()
+    check_add_rmsnorm(day, h, x, w, 1e-5, "add_rmsnorm of h [2, 3, 24]", block_size=32)
+    assert torch.equal(x, x0) and torch.equal(w, w0), "add_rmsnorm must not modify x or the weight"
+    buf = randn(3, 40, device=device, seed=8)
+    rest = buf[:, 24:].clone()
+    check_add_rmsnorm(day, buf[:, :24], randn(3, 24, device=device, seed=9), w, 1e-5,
+                      "add_rmsnorm of h = buf[:, :24] (a strided view)", block_size=32)
+    assert torch.equal(buf[:, 24:], rest), "add_rmsnorm wrote outside h"
+
+
+@pytest.mark.parametrize("case", ["shapes differ", "weight too short", "dtypes differ", "block not a power of two"])
+def test_bad_inputs_raise_value_error(day, device, case):
+    h, x, w = torch.ones(2, 8, device=device), torch.ones(2, 8, device=device), torch.ones(8, device=device)
+    kw = {}
+    if case == "shapes differ":
+        x = x[:1]
+    elif case == "weight too short":
+        w = w[:7]
+    elif case == "dtypes differ":
+        x = x.half()
+    else:
+        kw = dict(block_size=48)
+    with pytest.raises(ValueError):
+        day.add_rmsnorm(h, x, w, 1e-5, **kw)
+
+
+# ---- fuse_projections (given in shared/weights.py) -----------------------------------------------
+def load_tiny(tiny_model, device, dtype=torch.float32, fuse=True):
+    w = reference.load_model(tiny_model, dtype=dtype, device=device)
+    w.inv_freq = reference.rope_frequencies(w.config).to(device)
+    return fuse_projections(w) if fuse else w
+
+
+def test_fuse_projections_makes_views_and_is_idempotent(tiny_model, device):
+    """wqkv = [wq; wk; wv] and w_gate_up = [w_gate; w_up] with the parts as row-slice views of them
+    (one storage, nothing copied twice); a second call changes nothing; replacing wk re-fuses."""
+    plain = load_tiny(tiny_model, device, fuse=False)
+    before = [{n: getattr(L, n).clone() for n in ("wq", "wk", "wv", "w_gate", "w_up")} for L in plain.layers]
+    w = fuse_projections(plain)
+    c = w.config
+    assert w is plain and w.fused
+    for L, old in zip(w.layers, before):
+        assert L.wqkv.shape == ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.hidden_size)
+        assert L.w_gate_up.shape == (2 * c.intermediate_size, c.hidden_size)
+        for whole, names in ((L.wqkv, ("wq", "wk", "wv")), (L.w_gate_up, ("w_gate", "w_up"))):
+            row = 0
+            for n in names:
+                part = getattr(L, n)
+                assert torch.equal(part, old[n]), f"{n} changed value when fused"
+                assert part.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr(), f"{n} is a copy"
+                assert part.data_ptr() == whole[row].data_ptr() and part.is_contiguous(), f"{n} is not rows {row}.."
+                row += part.shape[0]
+    first = [(L.wqkv, L.w_gate_up) for L in w.layers]
+    fuse_projections(w)
+    assert all(L.wqkv is a and L.w_gate_up is b for L, (a, b) in zip(w.layers, first)), "fusing twice re-copied"
+    L = w.layers[1]
+    L.wk = torch.ones_like(L.wk)
+    fuse_projections(w)
+    assert L.wqkv is not first[1][0] and torch.equal(L.wqkv[c.num_heads * c.head_dim:][:L.wk.shape[0]], L.wk), \
+        "a replaced wk must be fused again"
+
+
+# ---- the fused forward ---------------------------------------------------------------------------
+def positions(start, n, device):
+    return torch.arange(start, start + n, dtype=torch.int32, device=device)
+
+
+def tiny_ids(vocab, device, T=8):
+    return torch.randint(3, vocab, (T,), generator=torch.Generator().manual_seed(0), dtype=torch.int32).to(device)
+
+
+@pytest.fixture(scope="module")
+def day_ops(day, ops, sizes):
+    """Your add_rmsnorm, whatever its status, so the fused forward runs it end to end. On a GPU
+    every other component from the track. In the simulator the track's rope, silu_mul and
+    kv_write (they take the views of the fused outputs) and reference GEMVs and attention (a
+    simulated GEMV of every weight takes minutes)."""
+    table = sizes(tiny={n: getattr(reference, n) for n in reference.__all__}, real={})
+    if sizes.sim:
+        table.update(rope=ops.rope, silu_mul=ops.silu_mul, kv_write=ops.kv_write)
+    table["add_rmsnorm"] = day.add_rmsnorm
+    return Ops(ops.track, overrides=table)
+
+
+@pytest.fixture(scope="module")
+def reference_ops(track):
+    """Every component from the PyTorch reference (fast in the simulator)."""
+    return Ops(track, overrides={n: getattr(reference, n) for n in reference.__all__})
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model, device, reference_ops):
+    """Fused fp32 tiny weights (GQA 4/2), 8 ids, and day 16's logits (the reference composition)."""
+    w = load_tiny(tiny_model, device)
+    ids = tiny_ids(w.config.vocab_size, device)
+    return w, ids, reference.forward(w, ids, positions(0, len(ids), device), reference_ops)
+
+
+def test_fused_forward_equals_day_16(day, day_ops, device, tiny):
+    """End to end through your add_rmsnorm and the track's kernels (see day_ops): the same logits
+    as day 16's forward, fp32, default attention."""
+    w, ids, expected = tiny
+    logits = day.forward(w, ids, positions(0, len(ids), device), day_ops)
+    assert logits.dtype == torch.float32, f"forward must return fp32 logits, got {logits.dtype}"
+    assert_close(logits, expected, "fused forward vs day 16's forward (tiny model, fp32)", **TINY_TOL)
+
+
+def _static_cache(ops, config, device, max_len=16):
+    from shared.engine.attention import StaticCache
+    return StaticCache(ops, config, max_len, torch.float32, device)
+
+
+def test_prefill_then_decode_with_a_static_cache(day, day_ops, device, tiny):
+    """Prefill 5 tokens into the engine's static cache, then decode 3 one at a time (decode
+    attention over the cache, cache_len on the device), every step with host reads made to
+    raise: each step's logits equal day 16's for the whole sequence."""
+    w, ids, expected = tiny
+    cache = _static_cache(day_ops, w.config, device)
+    cache.prepare(0, 5)
+    got = [day.forward(w, ids[:5], positions(0, 5, device), day_ops, cache, logits_at=slice(-1, None))]
+    for t in range(5, len(ids)):
+        cache.prepare(t, 1)
+        with no_host_reads():
+            got.append(day.forward(w, ids[t:t + 1], positions(t, 1, device), day_ops, cache))
+    assert_close(torch.cat(got), expected[4:], "logits of prefill (last row) then 3 decode steps vs day 16", **TINY_TOL)
+
+
+@pytest.mark.parametrize("pick", ["last", "index"])
+def test_logits_at_and_fp16(day, reference_ops, device, tiny_model, tiny, pick):
+    """logits_at picks rows after the fused final norm; fp16 weights still give fp32 logits."""
+    w, ids, expected = tiny
+    at, rows = {"last": (slice(-1, None), [7]), "index": (torch.tensor([6, 0, 3], device=device), [6, 0, 3])}[pick]
+    logits = day.forward(w, ids, positions(0, len(ids), device), reference_ops, logits_at=at)
+    assert_close(logits, expected[rows], f"forward(..., logits_at={pick}) vs rows {rows} of day 16's logits", **TINY_TOL)
+    w16 = load_tiny(tiny_model, device, dtype=torch.float16)
+    logits16 = day.forward(w16, ids, positions(0, len(ids), device), reference_ops, logits_at=at)
+    assert logits16.dtype == torch.float32, f"fp16 weights: forward must still return fp32 logits, got {logits16.dtype}"
+    assert_close(logits16, expected[rows], "fp16 fused forward vs fp32 day 16", atol=0.05, rtol=0.05)
+
+
+class Counting:
+    """ops whose calls are counted (by name; ops.linear by which weight it multiplies; the calls a
+    composite like ops.mlp makes through these ops too), and `attend` wrapped the same way.
+    Torch arithmetic the forward itself does, outside any op, is counted too: each one is a
+    kernel launch of its own."""
+    ARITH = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "__sub__", "mul", "__mul__", "__imul__",
+             "cat", "clone", "contiguous", "copy_", "where"}
+
+    def __init__(self, ops, weights):
+        self.ops, self.calls, self.depth = ops, collections.Counter(), 0
+        self.names = {}
+        for L in weights.layers:
+            for f in dataclasses.fields(L):
+                t = getattr(L, f.name)
+                if t is not None:
+                    self.names.setdefault(id(t), f.name)
+        self.names[id(weights.lm_head)] = "lm_head"
+        self.torch_ops = collections.Counter()
+
+    def __getattr__(self, name):
+        fn = getattr(self.ops, name)
+        if not callable(fn) or name in ("rope_frequencies",):
+            return fn
+        return self.wrap(name, fn)
+
+    def wrap(self, name, fn):
+        def call(*args, **kw):
+            self.calls[f"linear({self.names.get(id(args[1]), '?')})" if name == "linear" else name] += 1
+            self.depth += 1
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.depth -= 1
+        return call
+
+    def run(self, forward, weights, ids, pos, attend):
+        counter = self
+
+        class Mode(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if counter.depth == 0 and getattr(func, "__name__", "") in Counting.ARITH:
+                    counter.torch_ops[func.__name__] += 1
+                return func(*args, **(kwargs or {}))
+
+        with Mode():
+            return forward(weights, ids, pos, self, self.wrap("attend", attend))
+
+
+def test_fewer_launches_per_decode_step(day, reference_ops, device, tiny):
+    """One decode step: per layer ops.linear multiplies wqkv, wo, w_gate_up, w_down (4, not 7),
+    one norm per sub-block (a plain rmsnorm only before layer 0's attention; the rest are
+    add_rmsnorm, the last one with the final norm), no torch arithmetic of the forward's own
+    (each residual add is inside add_rmsnorm); and fewer calls in all than day 16's forward."""
+    w, ids, _ = tiny
+    nl = len(w.layers)
+    counts = {}
+    for name, fwd in (("day 16", reference.forward), ("day 54", day.forward)):
+        cache = _static_cache(reference_ops, w.config, device)
+        cache.prepare(0, 5)
+        fwd(w, ids[:5], positions(0, 5, device), reference_ops, cache)
+        cache.prepare(5, 1)
+        c = Counting(reference_ops, w)
+        c.run(fwd, w, ids[5:6], positions(5, 1, device), cache)
+        counts[name] = c
+    fused = counts["day 54"]
+    want = collections.Counter({"linear(wqkv)": nl, "linear(wo)": nl, "linear(w_gate_up)": nl, "linear(w_down)": nl,
+                                "linear(lm_head)": 1})
+    got = collections.Counter({k: v for k, v in fused.calls.items() if k.startswith("linear")})
+    assert got == want, f"ops.linear calls {dict(got)}; a fused layer multiplies {dict(want)}"
+    assert fused.calls["rmsnorm"] == 1 and fused.calls["add_rmsnorm"] == 2 * nl, (
+        f"{fused.calls['rmsnorm']} rmsnorm and {fused.calls['add_rmsnorm']} add_rmsnorm calls for {nl} layers: "
+        f"expected 1 and {2 * nl} (every residual add fused with the norm after it, the last with the final norm)")
+    assert fused.calls["attend"] == nl and fused.calls["rope"] == nl and fused.calls["silu_mul"] == nl, dict(fused.calls)
+    assert not fused.torch_ops, f"torch arithmetic outside the ops (a launch each): {dict(fused.torch_ops)}"
+    def launches(c):      # every kernel-level call and torch op; ops.mlp is made of counted calls
+        return sum(n for k, n in c.calls.items() if k != "mlp") + sum(c.torch_ops.values())
+
+    before, after = launches(counts["day 16"]), launches(fused)
+    assert after < before, f"day 54 makes {after} calls per decode step, day 16 {before}"
+
+
+def test_unfused_weights_and_bad_inputs_raise_value_error(day, reference_ops, device, tiny_model, tiny):
+    w, ids, _ = tiny
+    plain = load_tiny(tiny_model, device, fuse=False)
+    with pytest.raises(ValueError, match="fuse_projections"):
+        day.forward(plain, ids, positions(0, len(ids), device), reference_ops)
+    with pytest.raises(ValueError):
+        day.forward(w, ids, positions(0, len(ids) - 1, device), reference_ops)
+
+
+# ---- GPU ----------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden", [576, 2048])
+@pytest.mark.parametrize("block_size", [128, 256, 1024])
+def test_real_shapes_fp16(day, device, hidden, block_size):
+    """A 4096-token prefill at SmolLM2 (576) and Llama-3.2-1B (2048) widths."""
+    h, x, w = residual_case(4096, hidden, torch.float16, device, seed=9)
+    check_add_rmsnorm(day, h, x, w, 1e-5, f"add_rmsnorm 4096 x {hidden} fp16 block_size={block_size}",
+                      block_size=block_size)
+
+
+def smollm2_shaped(dtype, device, seed=0):
+    """Random weights of SmolLM2-135M's shapes (30 layers, hidden 576, 9/3 heads of 64, inter
+    1536, vocab 49152, tied): a decode step's launches and bytes are those of the real model."""
+    from shared.config import ModelConfig
+    from shared.weights import LayerWeights, ModelWeights
+    c = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+                    num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0,
+                    max_position_embeddings=8192, tie_word_embeddings=True)
+    g = torch.Generator(device=device).manual_seed(seed)
+    D, F, q, kv = c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+
+    def rand(*shape, std=0.02):
+        return (torch.randn(*shape, generator=g, device=device) * std).to(dtype)
+
+    def norm():
+        return (1 + 0.1 * torch.randn(D, generator=g, device=device)).to(dtype)
+
+    layers = [LayerWeights(attn_norm=norm(), wq=rand(q, D), wk=rand(kv, D), wv=rand(kv, D), wo=rand(D, q),
+                           mlp_norm=norm(), w_gate=rand(F, D), w_up=rand(F, D), w_down=rand(D, F))
+              for _ in range(c.num_layers)]
+    embed = rand(c.vocab_size, D)
+    w = ModelWeights(c, embed, layers, norm(), embed)
+    w.inv_freq = reference.rope_frequencies(c).to(device)
+    return fuse_projections(w)
+
+
+def _kernels_in(step) -> int:
+    """GPU kernels one call of step() runs, as the profiler (CUPTI) sees them: numba's and torch's."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset")))
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+def test_bench_fused_decode_step(day, day_ops, track, device):
+    """One decode token on SmolLM2's shapes (fp16, static cache, 70 cached tokens), day 16's forward
+    vs the fused one with the same kernels, in one run: kernels per step (profiler), launches
+    through gpu.launch, and GPU us per step replayed from a CUDA graph. Fused must be fewer and faster."""
+    from shared.course.testing import graph_us
+    from shared.engine.attention import StaticCache
+    from shared.runtime import gpu
+    w = smollm2_shaped(torch.float16, device)
+    context = 70
+    result = {"model": "SmolLM2-135M shape, random weights", "dtype": "fp16", "context": context,
+              "gpu": torch.cuda.get_device_name(), "track": track,
+              **{f"{n}_from": day_ops.source(n).describe(track) for n in ("linear", "rmsnorm", "decode_attention")}}
+    for name, fwd in (("day16", reference.forward), ("fused", day.forward)):
+        cache = StaticCache(day_ops, w.config, 1024, torch.float16, device)
+        ids = torch.full((1,), 17, dtype=torch.int32, device=device)
+        pos = torch.full((1,), context, dtype=torch.int32, device=device)
+        cache.prepare(context, 1)
+
+        def step():
+            with torch.inference_mode():
+                return fwd(w, ids, pos, day_ops, cache)
+
+        step()
+        torch.cuda.synchronize()
+        before = gpu.LAUNCHES
+        step()
+        result[f"{name}_gpu_launches"] = gpu.LAUNCHES - before
+        result[f"{name}_kernels"] = _kernels_in(step)
+        result[f"{name}_us"] = graph_us(step)
+    result["speedup"] = result["day16_us"] / result["fused_us"]
+    record_bench("day_54_fused_decode_step", result)
+    assert result["fused_kernels"] > 0, "the profiler saw no kernels: is CUPTI available?"
+    assert result["fused_kernels"] < result["day16_kernels"], f"fused step runs more kernels: {result}"
+    assert result["fused_us"] < result["day16_us"], f"fused step is not faster: {result}"
+
+
+@pytest.mark.gpu
+@pytest.mark.model
+def test_smollm2_fused_matches_day_16(day, day_ops, device, smollm2):
+    """SmolLM2-135M in fp16: the fused forward's logits are close to day 16's, same greedy token."""
+    from tokenizers import Tokenizer
+    ids = Tokenizer.from_file(str(smollm2 / "tokenizer.json")).encode(
+        "The capital of France is Paris. The capital of Germany is").ids
+    ids = torch.tensor(ids, dtype=torch.int32, device=device)
+    w = day_ops.load_model(smollm2, torch.float16, device)
+    w.inv_freq = day_ops.rope_frequencies(w.config).to(device)
+    fuse_projections(w)
+    pos = positions(0, len(ids), device)
+    want = reference.forward(w, ids, pos, day_ops)
+    got = day.forward(w, ids, pos, day_ops)
+    assert_close(got, want, "SmolLM2 fp16: fused forward vs day 16's", atol=0.25, rtol=0.05)
+    assert int(got[-1].argmax()) == int(want[-1].argmax()), "greedy next token differs from day 16's"

@@ -1,0 +1,30 @@
+"""Day 54 -- the fused forward pass: day 16's model in fewer, fuller launches.
+
+Per layer: one GEMV for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
+instead of two, and each residual add fused with the RMSNorm that follows it (add_rmsnorm).
+The weights are concatenated once at load time by shared.weights.fuse_projections.
+
+Lesson: notes/day_54_fusion.md        Check: pytest checkers/day_54
+"""
+import torch
+
+from shared.weights import ModelWeights
+
+NOT_FUSED = ("forward (day 54) needs fused weights: call shared.weights.fuse_projections(weights) "
+             "once after load_model")
+
+
+def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None,
+            logits_at=None) -> torch.Tensor:
+    """Logits (fp32) for token ids [T] at positions [T]: [T, vocab], or only the rows logits_at picks.
+
+    The same model and the same `attend` and `logits_at` contract as day 16's forward. Raise
+    ValueError (one line) for ids/positions that are not both [T], weights.inv_freq unset, or
+    weights that fuse_projections has not fused (weights.fused). Per layer ops.linear multiplies
+    exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; q, k, v are views of the one qkv output and
+    gate, up the two halves of the gate_up output: no copies. Only the first norm (layer 0) is a
+    plain ops.rmsnorm; every residual add is an ops.add_rmsnorm with the norm after it, the last
+    with the final norm, and the forward does no torch arithmetic of its own. No host reads.
+    """
+    raise NotImplementedError("Day 54: forward is not written yet -- edit days/day_54/forward.py "
+                              "(lesson: notes/day_54_fusion.md)")

@@ -1,0 +1,57 @@
+"""Day 54 -- the fused forward pass: day 16's model in fewer, fuller launches.
+
+Per layer: one GEMV for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
+instead of two, and each residual add fused with the RMSNorm that follows it (add_rmsnorm).
+The weights are concatenated once at load time by shared.weights.fuse_projections.
+
+Lesson: notes/day_54_fusion.md        Check: pytest checkers/day_54
+"""
+import torch
+
+from shared.weights import ModelWeights
+
+NOT_FUSED = ("forward (day 54) needs fused weights: call shared.weights.fuse_projections(weights) "
+             "once after load_model")
+
+
+def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, ops, attend=None,
+            logits_at=None) -> torch.Tensor:
+    """Logits (fp32) for token ids [T] at positions [T]: [T, vocab], or only the rows logits_at picks.
+
+    The same model and the same `attend` and `logits_at` contract as day 16's forward. Raise
+    ValueError (one line) for ids/positions that are not both [T], weights.inv_freq unset, or
+    weights that fuse_projections has not fused (weights.fused). Per layer ops.linear multiplies
+    exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; q, k, v are views of the one qkv output and
+    gate, up the two halves of the gate_up output: no copies. Only the first norm (layer 0) is a
+    plain ops.rmsnorm; every residual add is an ops.add_rmsnorm with the norm after it, the last
+    with the final norm, and the forward does no torch arithmetic of its own. No host reads.
+    """
+    if ids.dim() != 1 or positions.shape != ids.shape:
+        raise ValueError(f"forward takes ids [T] and positions [T]; got {tuple(ids.shape)} and {tuple(positions.shape)}")
+    if weights.inv_freq is None:
+        raise ValueError("weights.inv_freq is not set: weights.inv_freq = ops.rope_frequencies(weights.config).to(device)")
+    if not weights.fused:
+        raise ValueError(NOT_FUSED)
+    if attend is None:
+        def attend(layer, q, k, v, positions):
+            return ops.attention(q, k, v)
+    c = weights.config
+    T, H, KV, hd, inter = ids.shape[0], c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
+    eps = c.rms_norm_eps
+    h = ops.embedding(ids, weights.embed)                # the residual stream, updated in place
+    x = ops.rmsnorm(h, weights.layers[0].attn_norm, eps)
+    for i, L in enumerate(weights.layers):
+        qkv = ops.linear(x, L.wqkv)                      # [T, (H + 2 KV) * hd]
+        q = qkv[:, :H * hd].view(T, H, hd)
+        k = qkv[:, H * hd:(H + KV) * hd].view(T, KV, hd)
+        v = qkv[:, (H + KV) * hd:].view(T, KV, hd)
+        ops.rope(q, k, positions, weights.inv_freq)      # in place, through the views
+        a = attend(i, q, k, v, positions)
+        x = ops.add_rmsnorm(h, ops.linear(a.reshape(T, H * hd), L.wo), L.mlp_norm, eps)
+        gate_up = ops.linear(x, L.w_gate_up)             # [T, 2 * inter]
+        down = ops.linear(ops.silu_mul(gate_up[:, :inter], gate_up[:, inter:]), L.w_down)
+        last = i == len(weights.layers) - 1
+        x = ops.add_rmsnorm(h, down, weights.final_norm if last else weights.layers[i + 1].attn_norm, eps)
+    if logits_at is not None:
+        x = x[logits_at]                                 # the lm_head is the largest matmul: skip unused rows
+    return ops.linear(x, weights.lm_head).float()
