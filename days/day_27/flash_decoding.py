@@ -20,7 +20,7 @@ import torch
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-from shared.runtime.vector_loads import load8, load8_wide
+from shared.runtime.vector_loads import load8, load8_wide, shfl_xor
 
 WARP = 32
 MAX_BLOCK = 1024
@@ -28,30 +28,6 @@ MAX_HEAD_DIM = 8 * WARP     # a key's team is at most a warp: 8 values per lane
 SHARED_FLOATS = 12 * 1024   # 48 KiB of dynamic shared memory per block: the default limit
 SIM_SMS = 4                 # the simulator has no SMs; a small number keeps its grids small
 NEG_INF = np.float32(-np.inf)
-
-
-# ---- given: a warp shuffle that runs in both tiers ----------------------------------------------
-if gpu.SIM:
-    import threading
-    _first_use = threading.Lock()
-
-    @cuda.jit(device=True)
-    def shfl_xor(v, mask):
-        """Lane i gets lane (i XOR mask)'s v, via shared memory: the simulator has no shuffles, so
-        EVERY thread of the block must call it the same number of times (it has barriers)."""
-        with _first_use:   # the simulator's cuda.shared.array is not thread-safe on first use
-            buf = cuda.shared.array(MAX_BLOCK, float32)
-        tid = cuda.threadIdx.x
-        buf[tid] = v
-        cuda.syncthreads()                  # every lane's value is in place
-        got = buf[tid ^ mask]
-        cuda.syncthreads()                  # everyone has read before the next call overwrites
-        return got
-else:
-    @cuda.jit(device=True)
-    def shfl_xor(v, mask):
-        """Lane i gets lane (i XOR mask)'s v; every lane of the warp must call it (mask < 32)."""
-        return cuda.shfl_xor_sync(0xFFFFFFFF, v, mask)
 
 
 @cuda.jit(device=True)

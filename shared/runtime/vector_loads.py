@@ -1,4 +1,5 @@
-"""Vector loads and a warp shuffle for day 11's GEMV, given to the learner, so one kernel runs in both tiers.
+"""Vector loads and warp shuffles given to the learner (day 11's GEMV, days 27 and 30's decode
+attention), so one kernel runs in both tiers.
 
 - `load8(a, row, k)`: a[row, k : k + 8] as eight float32 values, element by element: eight
   independent loads, any alignment, any strides.
@@ -10,8 +11,11 @@
 - `shfl_down(v, offset)`: `cuda.shfl_down_sync` over the full warp on a GPU. The simulator has no
   warp shuffles; there it passes values through shared memory, so EVERY thread of the block
   must call it (it contains barriers).
+- `shfl_xor(v, mask)`: lane i gets lane (i XOR mask)'s v (`cuda.shfl_xor_sync`, mask < 32): the
+  butterfly that sums a team of lanes. Same rule in the simulator: every thread calls it.
 
-You use these; you do not need to change them. Lesson: notes/day_11_linear.md, "Making it fast".
+You use these; you do not need to change them. Lessons: notes/day_11_linear.md and
+notes/day_27_flash_decoding.md, "Making it fast".
 """
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
@@ -45,6 +49,18 @@ if gpu.SIM:
         buf[tid] = v
         cuda.syncthreads()                  # every lane's value is in place
         got = buf[tid + offset] if tid % WARP + offset < WARP else v
+        cuda.syncthreads()                  # everyone has read before the next call overwrites
+        return got
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        """Lane i gets lane (i XOR mask)'s v, via shared memory (see shfl_down)."""
+        with _first_use:
+            buf = cuda.shared.array(MAX_BLOCK, float32)
+        tid = cuda.threadIdx.x
+        buf[tid] = v
+        cuda.syncthreads()                  # every lane's value is in place
+        got = buf[tid ^ mask]
         cuda.syncthreads()                  # everyone has read before the next call overwrites
         return got
 
@@ -88,3 +104,7 @@ else:
     @cuda.jit(device=True)
     def shfl_down(v, offset):
         return cuda.shfl_down_sync(FULL_MASK, v, offset)
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):
+        return cuda.shfl_xor_sync(FULL_MASK, v, mask)
