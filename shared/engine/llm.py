@@ -23,7 +23,6 @@ from shared.engine.decode_loop import generate_async
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
-from shared.weights import fuse_projections
 
 
 @dataclass
@@ -65,7 +64,6 @@ class Engine:
         self.weights = ops.load_model(self.model_dir, dtype=self.dtype, device=self.device)
         self.config = self.weights.config
         self.weights.inv_freq = ops.rope_frequencies(self.config).to(self.device)
-        fuse_projections(self.weights)     # q/k/v and gate/up as one matrix each (views keep the old names)
         self.use_cache = self.caps.cache if use_cache is None else use_cache
         self.use_graphs = self.caps.graphs if graphs is None else graphs
         if self.use_graphs and not self.caps.graphs:
