@@ -141,6 +141,17 @@ def test_scan_ptx_flags_a_local_memory_frame():
     assert "64-byte local-memory stack frame" in compile_check.scan_ptx(ptx)
 
 
+def test_scan_ptx_leaves_out_libdevice_trig_reduction_only():
+    """math.sin/math.cos on float32 inline libdevice's Payne-Hanek slow path (a 28-byte local
+    array and one fp64 multiply by 2^-64 * pi/2): the library's, not the learner's. Any other fp64
+    op, or a bigger frame, is still reported."""
+    trig = (".local .align 4 .b8 \t__local_depot0[28];\ncvt.rn.f64.s64 %fd1, %rd22;\n"
+            "\tmul.f64 \t%fd2, %fd1, 0d3BF921FB54442D19;\ncvt.rn.f32.f64 %f21, %fd2;\n")
+    assert compile_check.scan_ptx(trig) is None
+    assert "fp64 instructions" in compile_check.scan_ptx(trig + "\tmul.f64 %fd3, %fd2, 0d3FB999999999999A;\n")
+    assert "local-memory" in compile_check.scan_ptx(trig.replace("[28]", "[64]"))
+
+
 def test_summary_is_one_line_with_the_call_and_a_hint():
     err = Exception('No implementation of function Function(<function shared.array at 0x7f00>) found for '
                     'signature:\n \n >>> array(int32, class(float32))\n \nThere are 2 candidate implementations:'

@@ -87,6 +87,20 @@ def test_tensor_core_tiles(day, sizes, device):
                      f"attention(tensor_cores=True) tile={t} T={T} S={S} hd={D}", **TC_TOL)
 
 
+def test_a_gpu_without_mma_falls_back_or_refuses(day, device, monkeypatch):
+    """On an sm_75 GPU (a T4, an RTX 20xx: no fp16 m16n8k16 mma) tensor_cores=None must take the
+    register-tile kernel, the same values as tensor_cores=False, and tensor_cores=True must be
+    refused in one line that names the capability it needs."""
+    from shared.runtime import gpu
+    q, k, v = _qkv(9, 12, 2, 1, 16, torch.float16, device, seed=19)
+    monkeypatch.setattr(gpu, "compute_capability", lambda: (7, 5))
+    assert torch.equal(day.attention(q, k, v), day.attention(q, k, v, tensor_cores=False)), \
+        "on an sm_75 GPU tensor_cores=None must use the CUDA-core kernel"
+    with pytest.raises(ValueError, match="sm_80") as e:
+        day.attention(q, k, v, tensor_cores=True)
+    assert "\n" not in str(e.value), "one line: what the GPU lacks and what to use instead"
+
+
 def test_tensor_cores_keyword(day, device):
     """None picks tensor cores exactly when they run here (a GPU, fp16, hd a multiple of 16 <= 128);
     forcing them where they cannot run is a one-line ValueError."""

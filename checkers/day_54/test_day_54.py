@@ -1,4 +1,5 @@
-"""Day 54 checker: add_rmsnorm (residual add + RMSNorm in one kernel) and the fused forward.
+"""Day 54 checker: add_rmsnorm (residual add + RMSNorm in one kernel), norm_linear and linear_add
+(the norm and the add inside the decode GEMV) and the fused forward.
 Run: pytest checkers/day_54"""
 import collections
 import dataclasses
@@ -145,6 +146,121 @@ def test_bad_inputs_raise_value_error(day, device, case):
         day.add_rmsnorm(h, x, w, 1e-5, **kw)
 
 
+# ---- norm_linear and linear_add: the norm and the add inside the decode GEMV -------------------
+def gemv_case(T, K, N, dtype, device, seed=0):
+    """(h, norm weight, w): rows of h at scales where eps matters and where it does not."""
+    scales = torch.tensor([1.0, 1e-4, 100.0])[torch.arange(T) % 3][:, None]
+    h = (randn(T, K, seed=seed) * scales).to(dtype=dtype, device=device)
+    nw = (1.0 + 0.5 * randn(K, seed=seed + 1)).to(dtype=dtype, device=device)
+    w = (0.2 * randn(N, K, seed=seed + 2)).to(dtype=dtype, device=device)
+    return h, nw, w
+
+
+def check_norm_linear(day, h, nw, w, eps, what, **kw):
+    want = hf_rmsnorm(h, nw, eps).float() @ w.cpu().float().T
+    out = day.norm_linear(h, nw, eps, w, **kw)
+    assert isinstance(out, torch.Tensor) and out.shape == want.shape and out.dtype == h.dtype, \
+        f"{what}: norm_linear must return [T, out] = {tuple(want.shape)} in h's dtype, got " \
+        f"{getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}"
+    assert_close(out, want, f"{what}: rmsnorm(h) @ w.T", **tol(h.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,K,N,block_size", [(1, 64, 37, 32), (2, 45, 21, 64), (1, 80, 9, 128), (1, 300, 5, 64)])
+def test_norm_linear_matches_hf(day, device, dtype, T, K, N, block_size, eps):
+    """K a multiple of 8 (16-byte loads) and not (the tail), more rows than blocks x warps (every
+    block loops over several groups of rows), several tokens, more warps than rows, and a row
+    whose chunks reach the second warp (K = 300: the sum of squares needs every warp's share)."""
+    h, nw, w = gemv_case(T, K, N, dtype, device, seed=K + N)
+    check_norm_linear(day, h, nw, w, eps, f"norm_linear T={T} K={K} N={N} {dtype} block_size={block_size}",
+                      block_size=block_size)
+
+
+def test_norm_linear_misaligned_views(day, device, eps):
+    """h and w that are views 2 bytes off a 16-byte boundary: the kernel must not take 16-byte loads."""
+    hb, nw, wb = gemv_case(1, 65, 13, torch.float16, device, seed=5)
+    h, w = hb[:, 1:], wb[:, 1:]
+    check_norm_linear(day, h, nw[1:].contiguous(), w, eps, "norm_linear of views 2 bytes off alignment",
+                      block_size=64)
+
+
+def test_norm_linear_with_identity_is_hf_rmsnorm_bit_for_bit(day, device, eps):
+    """w = I: each output is one product x[n] * 1 plus zeros, so the result IS the normalized row.
+    With |h| = k/8 in [2, 4) every sum of squares is exact in fp32, so the fp16 result must equal
+    HF's RMSNorm bit for bit: one sum over the whole row (every warp's share), h * inv_rms rounded
+    to fp16, then times the weight."""
+    K = 72
+    g = torch.Generator().manual_seed(22)
+    k = torch.randint(16, 32, (3, K), generator=g).float() / 8
+    h = (k * (torch.randint(0, 2, (3, K), generator=g).float() * 2 - 1)).to(dtype=torch.float16, device=device)
+    nw = (1.0 + 0.5 * randn(K, seed=23)).to(dtype=torch.float16, device=device)
+    want = hf_rmsnorm(h, nw, eps)
+    out = day.norm_linear(h, nw, eps, torch.eye(K, dtype=torch.float16, device=device), block_size=64)
+    differ = (out.cpu() != want).nonzero()
+    assert not len(differ), (f"fp16 norm_linear with w = I: {len(differ)} of {out.numel()} values differ from "
+                             f"HF's RMSNorm, first at {tuple(differ[0].tolist())} -- one sum of squares over the whole "
+                             "row, h * inv_rms rounded to fp16, then times the weight (day 10's recipe)")
+
+
+def double_rounding_case(T, K, dtype, device, seed):
+    """x, w, h where each product x @ w.T = x[n] + x[n + 1] / 4096 is exact in fp32 but not an fp16
+    number: rounding it to fp16 before the residual add (as HF's o_proj output) can differ from
+    adding the fp32 sum, so only the right order matches bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, K, generator=g).to(dtype)
+    w = torch.eye(K)
+    w[torch.arange(K - 1), torch.arange(1, K)] = 2.0 ** -12
+    h = torch.randn(T, K, generator=g).to(dtype)
+    prod = (x.float() @ w.T).to(dtype)                 # exact in fp32, then HF's rounding
+    want = (h.float() + prod.float()).to(dtype)        # the residual add in the model dtype
+    return x.to(device), w.to(dtype=dtype, device=device), h.to(device), want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K,block_size,warps_per_row", [(64, 32, None), (45, 64, 2), (96, 128, 4)])
+def test_linear_add_rounds_like_hf_bit_for_bit(day, device, dtype, K, block_size, warps_per_row):
+    """h += x @ w.T in place: the product rounded to h's dtype, then added and rounded again."""
+    x, w, h, want = double_rounding_case(2, K, dtype, device, seed=K)
+    hp = h.data_ptr()
+    ret = day.linear_add(x, w, h, block_size=block_size, warps_per_row=warps_per_row)
+    assert ret is None and h.data_ptr() == hp, "linear_add updates h in place and returns None"
+    differ = (h.cpu() != want).nonzero()
+    assert not len(differ), (f"linear_add K={K} {dtype}: {len(differ)} of {h.numel()} values differ from "
+                             f"h + (x @ w.T in {dtype}), first at {tuple(differ[0].tolist())} -- round the row's "
+                             "sum to h's dtype, then add h[t, n] (two roundings, as HF)")
+
+
+def test_linear_add_random_and_leaves_inputs(day, device):
+    """Random x, w; h [T, out] updated, x and w untouched, more rows than one block."""
+    x, w = randn(3, 50, device=device, seed=31), 0.2 * randn(41, 50, device=device, seed=32)
+    h = randn(3, 41, device=device, seed=33)
+    want = h.cpu() + x.cpu() @ w.cpu().T
+    x0, w0 = x.clone(), w.clone()
+    day.linear_add(x, w, h, block_size=64)
+    assert_close(h, want, "linear_add: h + x @ w.T", **tol(torch.float32))
+    assert torch.equal(x, x0) and torch.equal(w, w0), "linear_add must not modify x or w"
+
+
+BAD_FUSED = {
+    "norm_linear: in differs": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w[:, :7]),
+    "norm_linear: dtypes differ": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w.half()),
+    "norm_linear: norm weight too short": lambda d, x, w, h, nw: d.norm_linear(x, nw[:7], 1e-5, w),
+    "norm_linear: block not a power of two": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w, block_size=48),
+    "linear_add: h shape": lambda d, x, w, h, nw: d.linear_add(x, w, h[:, :3]),
+    "linear_add: dtypes differ": lambda d, x, w, h, nw: d.linear_add(x, w, h.half()),
+    "linear_add: strided h": lambda d, x, w, h, nw: d.linear_add(x, w, torch.ones_like(h.repeat(1, 2))[:, ::2]),
+    "linear_add: warps_per_row": lambda d, x, w, h, nw: d.linear_add(x, w, h, block_size=64, warps_per_row=3),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FUSED))
+def test_fused_gemv_bad_inputs_raise_value_error(day, device, case):
+    x, w, h, nw = (torch.ones(1, 8, device=device), torch.ones(4, 8, device=device),
+                   torch.ones(1, 4, device=device), torch.ones(8, device=device))
+    with pytest.raises(ValueError):
+        BAD_FUSED[case](day, x, w, h, nw)
+
+
 # ---- fuse_projections (given in shared/weights.py) -----------------------------------------------
 def load_tiny(tiny_model, device, dtype=torch.float32, fuse=True):
     w = reference.load_model(tiny_model, dtype=dtype, device=device)
@@ -192,7 +308,8 @@ def tiny_ids(vocab, device, T=8):
 
 @pytest.fixture(scope="module")
 def day_ops(day, ops, sizes):
-    """Your add_rmsnorm, whatever its status, so the fused forward runs it end to end. On a GPU
+    """Your add_rmsnorm (and on a GPU your norm_linear and linear_add), whatever their status, so
+    the fused forward runs them end to end. On a GPU
     every other component from the track. In the simulator the track's rope, silu_mul and
     kv_write (they take the views of the fused outputs) and reference GEMVs and attention (a
     simulated GEMV of every weight takes minutes)."""
@@ -200,6 +317,8 @@ def day_ops(day, ops, sizes):
     if sizes.sim:
         table.update(rope=ops.rope, silu_mul=ops.silu_mul, kv_write=ops.kv_write)
     table["add_rmsnorm"] = day.add_rmsnorm
+    if not sizes.sim:                    # simulated, they are the GEMVs of every weight again
+        table.update(norm_linear=day.norm_linear, linear_add=day.linear_add)
     return Ops(ops.track, overrides=table)
 
 
@@ -286,7 +405,8 @@ class Counting:
 
     def wrap(self, name, fn):
         def call(*args, **kw):
-            self.calls[f"linear({self.names.get(id(args[1]), '?')})" if name == "linear" else name] += 1
+            weight = {"linear": 1, "linear_add": 1, "norm_linear": 3}.get(name)
+            self.calls[name if weight is None else f"{name}({self.names.get(id(args[weight]), '?')})"] += 1
             self.depth += 1
             try:
                 return fn(*args, **kw)
@@ -307,37 +427,60 @@ class Counting:
             return forward(weights, ids, pos, self, self.wrap("attend", attend))
 
 
+def counted_step(fwd, w, ids, device, T, reference_ops):
+    """Counting ops of one forward of T tokens after 5 cached ones (T == 1: a decode step)."""
+    cache = _static_cache(reference_ops, w.config, device)
+    cache.prepare(0, 5)
+    fwd(w, ids[:5], positions(0, 5, device), reference_ops, cache)
+    cache.prepare(5, T)
+    c = Counting(reference_ops, w)
+    c.run(fwd, w, ids[5:5 + T], positions(5, T, device), cache)
+    return c
+
+
+def launches(c):
+    """Every kernel-level call and torch op; ops.mlp is made of counted calls."""
+    return sum(n for k, n in c.calls.items() if k != "mlp") + sum(c.torch_ops.values())
+
+
 def test_fewer_launches_per_decode_step(day, reference_ops, device, tiny):
-    """One decode step: per layer ops.linear multiplies wqkv, wo, w_gate_up, w_down (4, not 7),
-    one norm per sub-block (a plain rmsnorm only before layer 0's attention; the rest are
-    add_rmsnorm, the last one with the final norm), no torch arithmetic of the forward's own
-    (each residual add is inside add_rmsnorm); and fewer calls in all than day 16's forward."""
+    """One decode step (T == 1): per layer ops.norm_linear for wqkv and w_gate_up and
+    ops.linear_add for wo and w_down, the final norm inside norm_linear(lm_head); no rmsnorm, no
+    add_rmsnorm, no plain linear, no torch arithmetic of the forward's own; fewer calls in all
+    than day 16's forward."""
     w, ids, _ = tiny
     nl = len(w.layers)
-    counts = {}
-    for name, fwd in (("day 16", reference.forward), ("day 54", day.forward)):
-        cache = _static_cache(reference_ops, w.config, device)
-        cache.prepare(0, 5)
-        fwd(w, ids[:5], positions(0, 5, device), reference_ops, cache)
-        cache.prepare(5, 1)
-        c = Counting(reference_ops, w)
-        c.run(fwd, w, ids[5:6], positions(5, 1, device), cache)
-        counts[name] = c
-    fused = counts["day 54"]
+    fused = counted_step(day.forward, w, ids, device, 1, reference_ops)
+    want = collections.Counter({"norm_linear(wqkv)": nl, "linear_add(wo)": nl, "norm_linear(w_gate_up)": nl,
+                                "linear_add(w_down)": nl, "norm_linear(lm_head)": 1})
+    got = collections.Counter({k: v for k, v in fused.calls.items() if k.startswith(("linear", "norm_linear"))})
+    assert got == want, f"GEMV calls of a decode step {dict(got)}; a fused step makes {dict(want)}"
+    assert not fused.calls["rmsnorm"] and not fused.calls["add_rmsnorm"], (
+        f"a decode step calls rmsnorm {fused.calls['rmsnorm']}x and add_rmsnorm {fused.calls['add_rmsnorm']}x: "
+        "at T == 1 every norm is norm_linear's prologue and every residual add linear_add's epilogue")
+    assert fused.calls["attend"] == nl and fused.calls["rope"] == nl and fused.calls["silu_mul"] == nl, dict(fused.calls)
+    assert not fused.torch_ops, f"torch arithmetic outside the ops (a launch each): {dict(fused.torch_ops)}"
+    before, after = launches(counted_step(reference.forward, w, ids, device, 1, reference_ops)), launches(fused)
+    assert after < before, f"day 54 makes {after} calls per decode step, day 16 {before}"
+
+
+def test_prefill_fuses_each_add_with_its_norm(day, reference_ops, device, tiny):
+    """Three tokens on top of the cache (T > 1): per layer ops.linear multiplies wqkv, wo,
+    w_gate_up, w_down (4, not 7); a plain rmsnorm only before layer 0's attention, every residual
+    add an add_rmsnorm (the last with the final norm); no torch arithmetic of its own."""
+    w, ids, _ = tiny
+    nl = len(w.layers)
+    fused = counted_step(day.forward, w, ids, device, 3, reference_ops)
     want = collections.Counter({"linear(wqkv)": nl, "linear(wo)": nl, "linear(w_gate_up)": nl, "linear(w_down)": nl,
                                 "linear(lm_head)": 1})
-    got = collections.Counter({k: v for k, v in fused.calls.items() if k.startswith("linear")})
-    assert got == want, f"ops.linear calls {dict(got)}; a fused layer multiplies {dict(want)}"
+    got = collections.Counter({k: v for k, v in fused.calls.items() if k.startswith(("linear", "norm_linear"))})
+    assert got == want, f"GEMM calls {dict(got)}; a fused layer multiplies {dict(want)}"
     assert fused.calls["rmsnorm"] == 1 and fused.calls["add_rmsnorm"] == 2 * nl, (
         f"{fused.calls['rmsnorm']} rmsnorm and {fused.calls['add_rmsnorm']} add_rmsnorm calls for {nl} layers: "
         f"expected 1 and {2 * nl} (every residual add fused with the norm after it, the last with the final norm)")
-    assert fused.calls["attend"] == nl and fused.calls["rope"] == nl and fused.calls["silu_mul"] == nl, dict(fused.calls)
     assert not fused.torch_ops, f"torch arithmetic outside the ops (a launch each): {dict(fused.torch_ops)}"
-    def launches(c):      # every kernel-level call and torch op; ops.mlp is made of counted calls
-        return sum(n for k, n in c.calls.items() if k != "mlp") + sum(c.torch_ops.values())
-
-    before, after = launches(counts["day 16"]), launches(fused)
-    assert after < before, f"day 54 makes {after} calls per decode step, day 16 {before}"
+    before = launches(counted_step(reference.forward, w, ids, device, 3, reference_ops))
+    assert launches(fused) < before, f"day 54 makes {launches(fused)} calls per 3-token step, day 16 {before}"
 
 
 def test_unfused_weights_and_bad_inputs_raise_value_error(day, reference_ops, device, tiny_model, tiny):

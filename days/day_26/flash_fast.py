@@ -200,6 +200,21 @@ def tc_fits(D: int, tile: int) -> bool:
     return D % 16 == 0 and D <= TC_MAX_D and 4 * (max(tile, keys) * (D // 2 + 4) + D * (keys // 2 + 4)) <= 4 * SHARED_FLOATS
 
 
+TC_MIN_CC = (8, 0)   # mma.sync.m16n8k16 with fp16 inputs: Ampere (sm_80) and newer; Turing (sm_75) lacks it
+
+
+def tensor_cores_here() -> bool:
+    """The mma kernel runs on this GPU (sm_80 or newer) or in the simulator (it emulates mma)."""
+    cc = gpu.compute_capability()
+    return cc is None or cc >= TC_MIN_CC
+
+
+def no_tensor_cores_message() -> str:
+    cc = gpu.compute_capability()
+    return (f"tensor_cores=True needs sm_{TC_MIN_CC[0]}{TC_MIN_CC[1]} or newer (day 26's mma.sync.m16n8k16 with "
+            f"fp16 inputs); {gpu.gpu_name()} is sm_{cc[0]}{cc[1]}: use tensor_cores=False (the register-tile kernel)")
+
+
 def default_tile(D: int, tensor_cores: bool = False) -> int | None:
     return next((t for t in TC_TILES if tc_fits(D, t)), None) if tensor_cores else \
         next((t for t in TILES if fits(D, t)), None)
@@ -216,14 +231,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tile: int | 
     """Causal grouped-query attention, flash style: no T x S buffer, fp32 accumulation.
 
     q [T, H, hd], k and v [S, KV, hd] (any strides), H % KV == 0, T <= S; query i sits at
-    position S - T + i. Scale 1/sqrt(hd). `tensor_cores`: None uses the mma kernel on a GPU
-    for fp16 when hd is a multiple of 16 up to TC_MAX_D; True / False force one path. `tile`
+    position S - T + i. Scale 1/sqrt(hd). `tensor_cores`: None uses the mma kernel on a GPU of
+    sm_80 or newer (tensor_cores_here) for fp16 when hd is a multiple of 16 up to TC_MAX_D;
+    True / False force one path (True on an older GPU: a one-line ValueError). `tile`
     queries per block, one of TILES (TC_TILES on tensor cores); None: the largest that fits hd.
     Returns [T, H, hd] in q's dtype.
     """
     # TODO(day 26): validate (one-line ValueErrors: 3-D shapes, k and v [S, KV, hd], H % KV == 0,
-    # T <= S, one dtype of float16/float32). tensor_cores None -> True on a GPU (not gpu.SIM) for
-    # fp16 when default_tile(hd, True) exists; True where that fails -> ValueError. A tile from
+    # T <= S, one dtype of float16/float32). tensor_cores None -> True on a GPU (not gpu.SIM) where
+    # tensor_cores_here(), for fp16 when default_tile(hd, True) exists; True where tensor_cores_here()
+    # is False -> ValueError(no_tensor_cores_message()); True where the dtype/hd fail -> ValueError. A tile from
     # TC_TILES that tc_fits (tensor cores) or from TILES that fits (CUDA cores). Allocate out;
     # launch flash_kernel_for(hd, tile, _wide_ok(q, k, v), tensor_cores) on a (cdiv(T, tile), H)
     # grid with group = H // KV: tensor cores: tile // 16 * WARP threads and

@@ -1,7 +1,9 @@
 """Day 54 -- the fused forward pass: day 16's model in fewer, fuller launches.
 
-Per layer: one GEMV for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
-instead of two, and each residual add fused with the RMSNorm that follows it (add_rmsnorm).
+Per layer: one linear for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
+instead of two. A prefill (T > 1) fuses each residual add with the RMSNorm after it
+(add_rmsnorm); a decode step (T == 1) folds the norm into the GEMV after it (norm_linear) and
+the add into the GEMV before it (linear_add), so no launch is left for either.
 The weights are concatenated once at load time by shared.weights.fuse_projections.
 
 Lesson: notes/day_54_fusion.md        Check: pytest checkers/day_54
@@ -20,11 +22,14 @@ def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, o
 
     The same model and the same `attend` and `logits_at` contract as day 16's forward. Raise
     ValueError (one line) for ids/positions that are not both [T], weights.inv_freq unset, or
-    weights that fuse_projections has not fused (weights.fused). Per layer ops.linear multiplies
-    exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; q, k, v are views of the one qkv output and
-    gate, up the two halves of the gate_up output: no copies. Only the first norm (layer 0) is a
-    plain ops.rmsnorm; every residual add is an ops.add_rmsnorm with the norm after it, the last
-    with the final norm, and the forward does no torch arithmetic of its own. No host reads.
+    weights that fuse_projections has not fused (weights.fused). q, k, v are views of the one qkv
+    output and gate, up the two halves of the gate_up output: no copies; the forward does no
+    torch arithmetic of its own and no host reads.
+    T > 1: per layer ops.linear multiplies exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; only
+    the first norm (layer 0) is a plain ops.rmsnorm; every residual add is an ops.add_rmsnorm
+    with the norm after it, the last with the final norm.
+    T == 1: ops.norm_linear(h, norm, eps, w) for L.wqkv, L.w_gate_up and the lm_head (with the
+    final norm), ops.linear_add(x, w, h) for L.wo and L.w_down; no rmsnorm, no add_rmsnorm.
     """
     raise NotImplementedError("Day 54: forward is not written yet -- edit days/day_54/forward.py "
                               "(lesson: notes/day_54_fusion.md)")

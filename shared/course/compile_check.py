@@ -444,17 +444,26 @@ def _summary(e: Exception, fn=None) -> str:
 _F64_MATH = re.compile(r"^\s*(?:@%?\w+\s+)?(add|sub|mul|fma|div|rcp|sqrt|rsqrt|ex2|lg2|sin|cos|min|max|neg|abs|"
                        r"setp\.\w+|cvt(?:\.\w+)?\.f64\.f32)[.\w]*?\.f64\b", re.M)
 _DEPOT = re.compile(r"\.local\s+\.align\s+\d+\s+\.b8\s+__local_depot\d+\[(\d+)\]")
+# libdevice's sinf/cosf (math.sin, math.cos on float32) reduce an argument beyond ~1e5 with
+# Payne-Hanek: seven 32-bit words in a 28-byte local array and one fp64 multiply by 2^-64 * pi/2.
+# That slow path is the library's, taken only for huge angles, and HF's fp32 trig does the same:
+# neither is the learner's mistake, so the scan leaves it out.
+_TRIG_REDUCTION = "0d3BF921FB54442D19"
+_TRIG_DEPOT_BYTES = 28
 
 
 def scan_ptx(ptx: str, fp64_allowed: bool = False) -> str | None:
     """What the lessons forbid, as seen in PTX: fp64 arithmetic in an fp32 kernel, a local-memory frame."""
     if not fp64_allowed:
-        ops = [m.group(0).split()[-1] for m in _F64_MATH.finditer(ptx)]
+        ops = [m.group(0).split()[-1] for m in _F64_MATH.finditer(ptx)
+               if _TRIG_REDUCTION not in ptx[m.start():ptx.find("\n", m.start())]]
         if ops:
             return (f"{len(ops)} fp64 instructions (first `{ops[0]}`) in a kernel without float64 arrays: a Python "
                     "float (0.0, math.inf, a float argument) makes numba compute in float64, 32x slower on most "
                     "GPUs -- wrap constants and float arguments in float32(...)")
     depot = _DEPOT.search(ptx)
+    if depot and _TRIG_REDUCTION in ptx and int(depot.group(1)) <= _TRIG_DEPOT_BYTES:
+        depot = None                      # only libdevice's trig reduction array (see _TRIG_REDUCTION)
     if depot:
         return (f"a {depot.group(1)}-byte local-memory stack frame: a cuda.local.array indexed with a value known "
                 "only at run time (or too big for registers) lives in slow local memory -- index it with "

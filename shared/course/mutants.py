@@ -246,6 +246,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the mutants and what each one gets wrong")
     p.add_argument("--shard", help="run only mutants I, I+N, I+2N, ... (I/N): a rotating CI subset")
     p.add_argument("--timeout", type=float, default=600, help="seconds per mutant's checker run")
+    p.add_argument("--name", action="append", default=[], help="only the mutants whose name contains this text "
+                   "(repeatable): rerun the ones a change touched")
     p.add_argument("--gpu-only", action="store_true", help="only the mutants marked tier = \"gpu\" (the ones the "
                    "sim tier cannot catch: run them on a GPU)")
 
@@ -255,6 +257,8 @@ def main_args(args) -> int:
     mutants = select(days, args.shard)
     if args.gpu_only:
         mutants = [m for m in mutants if m.tier == "gpu"]
+    if args.name:
+        mutants = [m for m in mutants if any(n in m.name for n in args.name)]
     if args.list:
         for m in mutants:
             note = "  [GPU only]" if m.tier == "gpu" else ""

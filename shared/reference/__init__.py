@@ -13,7 +13,7 @@ from shared.reference.paged import BlockAllocator, PagedCache
 from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
-from shared.reference.fusion import add_rmsnorm
+from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, verify
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
@@ -21,5 +21,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
            "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
-           "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm",
+           "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
            "verify", "Verifier", "ngram_draft"]

@@ -1,13 +1,13 @@
 """Reference for day 54 (kernel fusion): the residual add and the next RMSNorm as one step.
 
 The fused forward of day 54 is the same model as day 16's (shared/reference/model.py), so the
-reference for `forward` stays there; this file holds the one new kernel-level name.
+reference for `forward` stays there; this file holds the new kernel-level names.
 """
 from __future__ import annotations
 
 import torch
 
-from shared.reference.ops import rmsnorm
+from shared.reference.ops import linear, rmsnorm
 
 
 def add_rmsnorm(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -15,3 +15,13 @@ def add_rmsnorm(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: flo
     rmsnorm(h, weight, eps) of the updated, rounded h (HF LlamaRMSNorm semantics)."""
     h += x
     return rmsnorm(h, weight, eps)
+
+
+def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor) -> torch.Tensor:
+    """rmsnorm(h, norm_weight, eps) @ w.T: the norm as the GEMV's prologue (day 54, decode)."""
+    return linear(rmsnorm(h, norm_weight, eps), w)
+
+
+def linear_add(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> None:
+    """h += x @ w.T IN PLACE, the product rounded to h's dtype first (HF's h = h + o_proj(a))."""
+    h += linear(x, w)

@@ -168,6 +168,18 @@ def _core_stream():
     return s
 
 
+def compute_capability() -> tuple[int, int] | None:
+    """(major, minor) of the current GPU; None in the simulator, which emulates every instruction
+    (day 26's tensor-core mma included) whatever the GPU it stands for."""
+    if SIM:
+        return None
+    return torch.cuda.get_device_capability()
+
+
+def gpu_name() -> str:
+    return "the simulator" if SIM else torch.cuda.get_device_name()
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division: how many blocks of size b cover a items."""
     return (a + b - 1) // b

@@ -1,7 +1,9 @@
 """Day 54 -- the fused forward pass: day 16's model in fewer, fuller launches.
 
-Per layer: one GEMV for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
-instead of two, and each residual add fused with the RMSNorm that follows it (add_rmsnorm).
+Per layer: one linear for q, k, v (L.wqkv) instead of three, one for gate and up (L.w_gate_up)
+instead of two. A prefill (T > 1) fuses each residual add with the RMSNorm after it
+(add_rmsnorm); a decode step (T == 1) folds the norm into the GEMV after it (norm_linear) and
+the add into the GEMV before it (linear_add), so no launch is left for either.
 The weights are concatenated once at load time by shared.weights.fuse_projections.
 
 Lesson: notes/day_54_fusion.md        Check: pytest checkers/day_54
@@ -20,11 +22,14 @@ def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, o
 
     The same model and the same `attend` and `logits_at` contract as day 16's forward. Raise
     ValueError (one line) for ids/positions that are not both [T], weights.inv_freq unset, or
-    weights that fuse_projections has not fused (weights.fused). Per layer ops.linear multiplies
-    exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; q, k, v are views of the one qkv output and
-    gate, up the two halves of the gate_up output: no copies. Only the first norm (layer 0) is a
-    plain ops.rmsnorm; every residual add is an ops.add_rmsnorm with the norm after it, the last
-    with the final norm, and the forward does no torch arithmetic of its own. No host reads.
+    weights that fuse_projections has not fused (weights.fused). q, k, v are views of the one qkv
+    output and gate, up the two halves of the gate_up output: no copies; the forward does no
+    torch arithmetic of its own and no host reads.
+    T > 1: per layer ops.linear multiplies exactly L.wqkv, L.wo, L.w_gate_up and L.w_down; only
+    the first norm (layer 0) is a plain ops.rmsnorm; every residual add is an ops.add_rmsnorm
+    with the norm after it, the last with the final norm.
+    T == 1: ops.norm_linear(h, norm, eps, w) for L.wqkv, L.w_gate_up and the lm_head (with the
+    final norm), ops.linear_add(x, w, h) for L.wo and L.w_down; no rmsnorm, no add_rmsnorm.
     """
     if ids.dim() != 1 or positions.shape != ids.shape:
         raise ValueError(f"forward takes ids [T] and positions [T]; got {tuple(ids.shape)} and {tuple(positions.shape)}")
@@ -38,20 +43,32 @@ def forward(weights: ModelWeights, ids: torch.Tensor, positions: torch.Tensor, o
     c = weights.config
     T, H, KV, hd, inter = ids.shape[0], c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
     eps = c.rms_norm_eps
+    one = T == 1              # decode: the norms and residual adds ride inside the GEMVs
     h = ops.embedding(ids, weights.embed)                # the residual stream, updated in place
-    x = ops.rmsnorm(h, weights.layers[0].attn_norm, eps)
+    x = None if one else ops.rmsnorm(h, weights.layers[0].attn_norm, eps)
     for i, L in enumerate(weights.layers):
-        qkv = ops.linear(x, L.wqkv)                      # [T, (H + 2 KV) * hd]
-        q = qkv[:, :H * hd].view(T, H, hd)
+        qkv = ops.norm_linear(h, L.attn_norm, eps, L.wqkv) if one else ops.linear(x, L.wqkv)
+        q = qkv[:, :H * hd].view(T, H, hd)                # [T, (H + 2 KV) * hd] -> three views
         k = qkv[:, H * hd:(H + KV) * hd].view(T, KV, hd)
         v = qkv[:, (H + KV) * hd:].view(T, KV, hd)
         ops.rope(q, k, positions, weights.inv_freq)      # in place, through the views
-        a = attend(i, q, k, v, positions)
-        x = ops.add_rmsnorm(h, ops.linear(a.reshape(T, H * hd), L.wo), L.mlp_norm, eps)
-        gate_up = ops.linear(x, L.w_gate_up)             # [T, 2 * inter]
-        down = ops.linear(ops.silu_mul(gate_up[:, :inter], gate_up[:, inter:]), L.w_down)
-        last = i == len(weights.layers) - 1
-        x = ops.add_rmsnorm(h, down, weights.final_norm if last else weights.layers[i + 1].attn_norm, eps)
+        a = attend(i, q, k, v, positions).reshape(T, H * hd)
+        if one:
+            ops.linear_add(a, L.wo, h)
+            gate_up = ops.norm_linear(h, L.mlp_norm, eps, L.w_gate_up)
+        else:
+            x = ops.add_rmsnorm(h, ops.linear(a, L.wo), L.mlp_norm, eps)
+            gate_up = ops.linear(x, L.w_gate_up)         # [T, 2 * inter]
+        act = ops.silu_mul(gate_up[:, :inter], gate_up[:, inter:])
+        if one:
+            ops.linear_add(act, L.w_down, h)
+        else:
+            last = i == len(weights.layers) - 1
+            x = ops.add_rmsnorm(h, ops.linear(act, L.w_down),
+                                weights.final_norm if last else weights.layers[i + 1].attn_norm, eps)
+    if one:
+        last_rows = h if logits_at is None else h[logits_at]
+        return ops.norm_linear(last_rows, weights.final_norm, eps, weights.lm_head).float()
     if logits_at is not None:
         x = x[logits_at]                                 # the lm_head is the largest matmul: skip unused rows
     return ops.linear(x, weights.lm_head).float()
