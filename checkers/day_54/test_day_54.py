@@ -202,6 +202,63 @@ def test_norm_linear_with_identity_is_hf_rmsnorm_bit_for_bit(day, device, eps):
                              "row, h * inv_rms rounded to fp16, then times the weight (day 10's recipe)")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,K,F,block_size", [(1, 64, 19, 32), (2, 45, 7, 64)])
+def test_gated_norm_linear_is_the_swiglu(day, device, dtype, T, K, F, block_size, eps):
+    """gated=True: w = [gate; up] (2F rows) and the result [T, F] is silu(gate) * up of the two
+    halves of rmsnorm(h) @ w.T -- gate first; more features than blocks x warps."""
+    h, nw, w = gemv_case(T, K, 2 * F, dtype, device, seed=K + F)
+    y = hf_rmsnorm(h, nw, eps).float() @ w.cpu().float().T
+    want = torch.nn.functional.silu(y[:, :F]) * y[:, F:]
+    out = day.norm_linear(h, nw, eps, w, gated=True, block_size=block_size)
+    assert isinstance(out, torch.Tensor) and out.shape == (T, F) and out.dtype == dtype, \
+        f"gated norm_linear must return [T, F] = [{T}, {F}] in h's dtype, got {getattr(out, 'shape', None)}"
+    assert_close(out, want, f"gated norm_linear T={T} K={K} F={F} {dtype}: silu(gate) * up", **tol(dtype))
+
+
+def test_gated_rounds_gate_and_up_like_the_unfused_step(day, device, eps):
+    """fp16: the unfused step stores gate and up in fp16 (the GEMV's output), then silu_mul
+    computes in fp32 and rounds once. w = [diag(a); diag(b)] makes gate = a * x and up = b * x
+    exact in fp32 but not fp16 numbers, so only the roundings differ: skipping the round of gate
+    or up before the SwiGLU moves a good share of the results by an ulp; exp's last bit almost none."""
+    K = 64
+    g = torch.Generator().manual_seed(41)
+    h = torch.randn(3, K, generator=g).to(dtype=torch.float16, device=device)
+    nw = (1.0 + 0.5 * torch.randn(K, generator=g)).to(dtype=torch.float16, device=device)
+    a, b = ((0.5 + torch.rand(K, generator=g)).half().float() for _ in range(2))
+    w = torch.cat([torch.diag(a), torch.diag(b)]).to(dtype=torch.float16, device=device)
+    x = hf_rmsnorm(h, nw, eps).float()
+    gate, up = (x * a).half(), (x * b).half()                       # the GEMV's outputs, stored in fp16
+    want = reference.silu_mul(gate, up)
+    out = day.norm_linear(h, nw, eps, w, gated=True, block_size=64).cpu()
+    differ = (out != want).sum().item()
+    assert differ <= out.numel() // 50, (
+        f"gated fp16 norm_linear: {differ} of {out.numel()} values differ from silu_mul(gate, up) with gate and up "
+        "rounded to fp16 first -- round the two sums to h's dtype, then silu(gate) * up in fp32, one rounding")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,rotated,hd,K,block_size", [(5, 3, 8, 40, 32), (4, 3, 16, 64, 64)])
+def test_rope_norm_linear_rotates_q_and_k_heads(day, device, dtype, heads, rotated, hd, K, block_size, eps):
+    """rope=(positions, inv_freq, rotated): w is `heads` heads of hd rows (q, k, then v); the first
+    `rotated` heads come out as day 12's rope would rotate them (element i with i + hd/2), the
+    rest untouched. Two tokens at different positions, one of them large (the angle's range)."""
+    T = 2
+    h, nw, w = gemv_case(T, K, heads * hd, dtype, device, seed=heads * hd + K)
+    positions = torch.tensor([3, 4099], dtype=torch.int32, device=device)
+    inv_freq = (1.0 / 10000.0 ** (torch.arange(0, hd, 2).float() / hd)).to(device)
+    want = (hf_rmsnorm(h, nw, eps).float() @ w.cpu().float().T).to(dtype)        # the GEMV's stored output
+    qk = want[:, :rotated * hd].view(T, rotated, hd)
+    reference.rope(qk, qk[:, :0], positions.cpu(), inv_freq.cpu())
+    out = day.norm_linear(h, nw, eps, w, rope=(positions, inv_freq, rotated), block_size=block_size)
+    assert isinstance(out, torch.Tensor) and out.shape == (T, heads * hd) and out.dtype == dtype, \
+        f"norm_linear(rope=...) must return [T, rows] = [{T}, {heads * hd}], got {getattr(out, 'shape', None)}"
+    assert_close(out[:, rotated * hd:], want[:, rotated * hd:], f"rope epilogue {dtype}: the v heads, not rotated",
+                 **tol(dtype))
+    assert_close(out, want, f"rope epilogue {dtype}: the first {rotated} heads rotated by their positions",
+                 **tol(dtype, 4))
+
+
 def double_rounding_case(T, K, dtype, device, seed):
     """x, w, h where each product x @ w.T = x[n] + x[n + 1] / 4096 is exact in fp32 but not an fp16
     number: rounding it to fp16 before the residual add (as HF's o_proj output) can differ from
@@ -246,6 +303,13 @@ BAD_FUSED = {
     "norm_linear: dtypes differ": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w.half()),
     "norm_linear: norm weight too short": lambda d, x, w, h, nw: d.norm_linear(x, nw[:7], 1e-5, w),
     "norm_linear: block not a power of two": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w, block_size=48),
+    "norm_linear: gated with an odd w": lambda d, x, w, h, nw: d.norm_linear(x, nw, 1e-5, w[:3], gated=True),
+    "norm_linear: rope and gated": lambda d, x, w, h, nw: d.norm_linear(
+        x, nw, 1e-5, w, gated=True, rope=(torch.zeros(1, dtype=torch.int32, device=x.device), nw[:2], 1)),
+    "norm_linear: rope heads past w": lambda d, x, w, h, nw: d.norm_linear(
+        x, nw, 1e-5, w, rope=(torch.zeros(1, dtype=torch.int32, device=x.device), nw[:2], 2)),
+    "norm_linear: rope positions not int32": lambda d, x, w, h, nw: d.norm_linear(
+        x, nw, 1e-5, w, rope=(torch.zeros(1, device=x.device), nw[:2], 1)),
     "linear_add: h shape": lambda d, x, w, h, nw: d.linear_add(x, w, h[:, :3]),
     "linear_add: dtypes differ": lambda d, x, w, h, nw: d.linear_add(x, w, h.half()),
     "linear_add: strided h": lambda d, x, w, h, nw: d.linear_add(x, w, torch.ones_like(h.repeat(1, 2))[:, ::2]),
@@ -406,7 +470,8 @@ class Counting:
     def wrap(self, name, fn):
         def call(*args, **kw):
             weight = {"linear": 1, "linear_add": 1, "norm_linear": 3}.get(name)
-            self.calls[name if weight is None else f"{name}({self.names.get(id(args[weight]), '?')})"] += 1
+            label = name if weight is None else f"{name}({self.names.get(id(args[weight]), '?')})"
+            self.calls[label + (", gated" if kw.get("gated") else "") + (", rope" if kw.get("rope") else "")] += 1
             self.depth += 1
             try:
                 return fn(*args, **kw)
@@ -444,21 +509,22 @@ def launches(c):
 
 
 def test_fewer_launches_per_decode_step(day, reference_ops, device, tiny):
-    """One decode step (T == 1): per layer ops.norm_linear for wqkv and w_gate_up and
-    ops.linear_add for wo and w_down, the final norm inside norm_linear(lm_head); no rmsnorm, no
-    add_rmsnorm, no plain linear, no torch arithmetic of the forward's own; fewer calls in all
-    than day 16's forward."""
+    """One decode step (T == 1): per layer ops.norm_linear for wqkv (with rope) and w_gate_up
+    (gated) and ops.linear_add for wo and w_down, the final norm inside norm_linear(lm_head); no
+    rmsnorm, add_rmsnorm, rope, silu_mul or plain linear, no torch arithmetic of the forward's
+    own; fewer calls in all than day 16's forward."""
     w, ids, _ = tiny
     nl = len(w.layers)
     fused = counted_step(day.forward, w, ids, device, 1, reference_ops)
-    want = collections.Counter({"norm_linear(wqkv)": nl, "linear_add(wo)": nl, "norm_linear(w_gate_up)": nl,
+    want = collections.Counter({"norm_linear(wqkv), rope": nl, "linear_add(wo)": nl, "norm_linear(w_gate_up), gated": nl,
                                 "linear_add(w_down)": nl, "norm_linear(lm_head)": 1})
     got = collections.Counter({k: v for k, v in fused.calls.items() if k.startswith(("linear", "norm_linear"))})
     assert got == want, f"GEMV calls of a decode step {dict(got)}; a fused step makes {dict(want)}"
     assert not fused.calls["rmsnorm"] and not fused.calls["add_rmsnorm"], (
         f"a decode step calls rmsnorm {fused.calls['rmsnorm']}x and add_rmsnorm {fused.calls['add_rmsnorm']}x: "
         "at T == 1 every norm is norm_linear's prologue and every residual add linear_add's epilogue")
-    assert fused.calls["attend"] == nl and fused.calls["rope"] == nl and fused.calls["silu_mul"] == nl, dict(fused.calls)
+    assert fused.calls["attend"] == nl and not fused.calls["rope"] and not fused.calls["silu_mul"], (
+        f"{dict(fused.calls)}: per layer one attend; RoPE and the SwiGLU are norm_linear's epilogues (rope=, gated=)")
     assert not fused.torch_ops, f"torch arithmetic outside the ops (a launch each): {dict(fused.torch_ops)}"
     before, after = launches(counted_step(reference.forward, w, ids, device, 1, reference_ops)), launches(fused)
     assert after < before, f"day 54 makes {after} calls per decode step, day 16 {before}"

@@ -6,7 +6,10 @@ the GEMVs on either side can do them as a prologue and an epilogue:
 - norm_linear(h, norm_weight, eps, w) = rmsnorm(h) @ w.T. Every block first normalizes the row
   h (a few KB, from L2) into shared memory, then its warps take rows of w as day 11's GEMV does,
   reading x from shared memory. A block loops over many rows, so the prologue is paid a few
-  hundred times per matrix, not once per row.
+  hundred times per matrix, not once per row. gated=True: w = [gate; up], a warp computes both
+  rows of a feature and writes silu(gate) * up (the SwiGLU as the epilogue). rope=...: w = wqkv,
+  a warp computes rows i and i + hd/2 of a head and rotates q and k by their position (day
+  12's RoPE as the epilogue).
 - linear_add(x, w, h): h += x @ w.T in place. Day 11's GEMV whose row owner adds its sum to h[n].
 
 Lesson: notes/day_54_fusion.md ("Folding the norm and the add into the GEMV")
@@ -30,12 +33,32 @@ BLOCKS_PER_SM = 8     # norm_linear: enough resident blocks to keep memory busy;
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
 
 
-def make_norm_gemv(load):
-    """norm_linear's kernel, reading 8 values at a time with `load` (load8_wide or load8)."""
+def make_norm_gemv(load, gated, rotary):
+    """norm_linear's kernel, reading 8 values at a time with `load` (load8_wide or load8).
+    gated: w holds gate rows then up rows, and each warp ends with day 02's silu(gate) * up.
+    rotary: w holds heads of hd rows; a warp takes rows i and i + hd/2 of a head and rotates the
+    pair by its position (day 12's RoPE) if the head is one of the first `rot_rows / hd`."""
+
+    @cuda.jit(device=True)
+    def row_dot(xs, w, n, C, body, K, lane):
+        """This lane's share of sum_k x[k] * w[n, k], x from shared memory: two 16-byte loads of w
+        in flight per step, then the last K % 8 values one each."""
+        # TODO(day 54): day 11's loop for one row, x from xs: chunks c = lane, lane + 32, ... of w[n]
+        # (two `load`s in flight per step), value j of chunk c times xs[j * C + c]; then the last
+        # K % 8 values one each, k = body * 8 + lane, ... with xs[(k % 8) * C + k // 8].
+        s = float32(0.0)
+        return s
+
+    @cuda.jit(device=True)
+    def warp_sum(s):
+        # TODO(day 54): the warp's sum with shfl_down (offsets 16, 8, 4, 2, 1); lane 0 holds it.
+        return s
 
     @cuda.jit
-    def norm_gemv_kernel(h, norm_w, w, out, K, eps, half):
-        """out[t, n] = sum_k rmsnorm(h[t])[k] * w[n, k] for token t = blockIdx.y; a warp per row n.
+    def norm_gemv_kernel(h, norm_w, w, out, K, eps, half, positions, inv_freq, rot_rows, hd2):
+        """out[t, n] = sum_k rmsnorm(h[t])[k] * w[n, k] for token t = blockIdx.y; a warp per row n
+        (gated: per pair of rows n and n + N, then silu(gate) * up; rotary: per pair of rows i and
+        i + hd2 of a head, rotated by positions[t] * inv_freq[i] when the rows are below rot_rows).
 
         Shared memory holds the normalized row transposed by 8: xs[j * C + c] = x[8 * c + j], so
         a lane reading its chunk c for j = 0..7 and its neighbours reading c + 1, ... hit
@@ -45,22 +68,29 @@ def make_norm_gemv(load):
         # TODO(day 54): t = blockIdx.y; C = ceil(K / 8) chunks, body = K // 8 whole ones.
         # 1. prologue: each thread loads chunks c = tid, tid + blockDim.x, ... of h[t] with `load`,
         #    stores value j at xs[j * C + c] and adds its square to an fp32 acc; then the last K % 8
-        #    values one each (same index rule). Sum acc over the warp (shfl_down), lane 0 writes
-        #    red[warp], cuda.syncthreads(), and every thread adds up red[0 .. warps-1] itself.
+        #    values one each (same index rule). warp_sum(acc), lane 0 writes red[warp],
+        #    cuda.syncthreads(), and every thread adds up red[0 .. warps-1] itself.
         # 2. inv_rms = 1 / sqrt(total / K + eps); scale every xs entry in place with day 10's
         #    rounding: normed = x * inv_rms (rounded to fp16 if `half`), then norm_w[k] * normed
         #    (rounded again if `half`). cuda.syncthreads() before anyone reads xs.
-        # 3. the GEMV, a warp per row: group = blockIdx.x; while group * warps < N: row
-        #    n = group * warps + warp; lanes take chunks c = lane, lane + 32, ... of w[n] (two loads
-        #    in flight), x from xs; the tail one value each; shfl_down; lane 0 writes out[t, n];
-        #    group += gridDim.x. Rows past N still shuffle (the simulator's shuffles are barriers).
+        # 3. the GEMV, a warp per item: items = out.shape[1] (rotary: half of it, pairs of rows);
+        #    group = blockIdx.x; while group * warps < items: item n = group * warps + warp, rows
+        #    r0 = n (plain, gated) or (n // hd2) * 2 * hd2 + n % hd2 (rotary), r1 = n + items (gated:
+        #    the up row) or r0 + hd2 (rotary: the partner in the head). s = row_dot of r0 and, when
+        #    gated or rotary, u = row_dot of r1; warp_sum every lane, items past the end too (the
+        #    simulator's shuffles are barriers). Lane 0: plain -> out[t, r0] = s. Gated or rotary:
+        #    round s and u to h's dtype first when `half` (as the unfused GEMV stores them), then
+        #    gated -> out[t, n] = silu(s) * u in fp32 (day 02); rotary -> if r0 < rot_rows rotate
+        #    with angle = float32(positions[t]) * inv_freq[n % hd2] as day 12 (s*c - u*sin into r0,
+        #    u*c + s*sin into r1), else store s and u as they are. group += gridDim.x.
         pass
 
     return norm_gemv_kernel
 
 
-norm_gemv_wide = make_norm_gemv(load8_wide)   # rows of h and w start on 16-byte boundaries
-norm_gemv_any = make_norm_gemv(load8)
+NORM_GEMV = {(wide, epilogue): make_norm_gemv(load8_wide if wide else load8, epilogue == "gated",
+                                              epilogue == "rotary")
+             for wide in (True, False) for epilogue in ("plain", "gated", "rotary")}   # 16-byte loads or any
 
 
 def make_gemv_add(load):
@@ -118,19 +148,29 @@ def _rows(name: str, h: torch.Tensor, w: torch.Tensor, what: str) -> None:
 
 
 def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor, *,
-                block_size: int = 256) -> torch.Tensor:
+                gated: bool = False, rope=None, block_size: int = 256) -> torch.Tensor:
     """rmsnorm(h, norm_weight, eps) @ w.T -> [T, out] in h's dtype, with day 10's rounding.
 
     h [T, in], norm_weight [in], w [out, in], one dtype (fp16 or fp32). Every block normalizes
     its token's row into shared memory, then a warp per row of w computes the dot products.
+    gated: w is [gate; up] (2 * F rows, as w_gate_up) and the result is silu_mul(gate, up)
+    [T, F]: a warp computes both rows of a feature, so the SwiGLU needs no launch of its own.
+    rope = (positions int32 [T], inv_freq fp32 [hd/2], heads): w is made of heads of hd rows
+    (wqkv) and the first `heads` of them (q and k) come out rotated as day 12's rope would
+    rotate them; the rest (v) as they are.
     It reads w once per token: meant for decode (T == 1); the forward keeps the tiled GEMM for
     prefill. Raise ValueError (one line) for shapes or dtypes that do not fit, a norm_weight
-    that is not [in], or a block_size that is not a power of two from 32 to 1024.
+    that is not [in], a gated w with an odd number of rows, a rope that does not fit w, gated and
+    rope together, or a block_size that is not a power of two from 32 to 1024.
     """
-    # TODO(day 54): validate with _rows / _check_block (and the norm weight: [in], h's dtype);
-    # out = torch.empty(T, N); T, N or K == 0 need no launch (K == 0: zeros). Launch grid
-    # (min(row groups, sm_count(h.device) * BLOCKS_PER_SM), T) with shared_bytes for 8 * C fp32
-    # values, norm_gemv_wide when _wide(h, w) else norm_gemv_any; half = h.dtype == torch.float16.
+    # TODO(day 54): validate with _rows / _check_block (the norm weight: [in] of h's dtype; gated:
+    # an even number of rows; rope: positions int32 [T], inv_freq fp32 [hd2], heads * 2 * hd2 <= rows,
+    # rows a multiple of 2 * hd2, not with gated). out = torch.empty(T, N), N = rows (gated: rows // 2);
+    # T or N == 0 needs no launch, K == 0 gives zeros. Launch NORM_GEMV[_wide(h, w), epilogue]
+    # ("plain", "gated" or "rotary") on the grid (min(item groups, sm_count(h.device) *
+    # BLOCKS_PER_SM), T) with shared_bytes for 8 * C fp32 values and the arguments h, norm_weight,
+    # w, out, K, eps, half, positions, inv_freq, rot_rows = heads * 2 * hd2, hd2 (without rope pass
+    # norm_weight for both arrays, 0 and 1: unused).
     raise NotImplementedError("Day 54: norm_linear is not written yet -- edit days/day_54/fused_linear.py "
                               "(lesson: notes/day_54_fusion.md)")
 

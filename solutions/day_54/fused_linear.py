@@ -6,7 +6,10 @@ the GEMVs on either side can do them as a prologue and an epilogue:
 - norm_linear(h, norm_weight, eps, w) = rmsnorm(h) @ w.T. Every block first normalizes the row
   h (a few KB, from L2) into shared memory, then its warps take rows of w as day 11's GEMV does,
   reading x from shared memory. A block loops over many rows, so the prologue is paid a few
-  hundred times per matrix, not once per row.
+  hundred times per matrix, not once per row. gated=True: w = [gate; up], a warp computes both
+  rows of a feature and writes silu(gate) * up (the SwiGLU as the epilogue). rope=...: w = wqkv,
+  a warp computes rows i and i + hd/2 of a head and rotates q and k by their position (day
+  12's RoPE as the epilogue).
 - linear_add(x, w, h): h += x @ w.T in place. Day 11's GEMV whose row owner adds its sum to h[n].
 
 Lesson: notes/day_54_fusion.md ("Folding the norm and the add into the GEMV")
@@ -30,12 +33,47 @@ BLOCKS_PER_SM = 8     # norm_linear: enough resident blocks to keep memory busy;
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
 
 
-def make_norm_gemv(load):
-    """norm_linear's kernel, reading 8 values at a time with `load` (load8_wide or load8)."""
+def make_norm_gemv(load, gated, rotary):
+    """norm_linear's kernel, reading 8 values at a time with `load` (load8_wide or load8).
+    gated: w holds gate rows then up rows, and each warp ends with day 02's silu(gate) * up.
+    rotary: w holds heads of hd rows; a warp takes rows i and i + hd/2 of a head and rotates the
+    pair by its position (day 12's RoPE) if the head is one of the first `rot_rows / hd`."""
+
+    @cuda.jit(device=True)
+    def row_dot(xs, w, n, C, body, K, lane):
+        """This lane's share of sum_k x[k] * w[n, k], x from shared memory: two 16-byte loads of w
+        in flight per step, then the last K % 8 values one each."""
+        s = float32(0.0)
+        c = lane
+        while c + WARP < body:
+            wa = load(w, n, c * VEC)
+            wb = load(w, n, (c + WARP) * VEC)
+            for j in range(VEC):
+                s += xs[j * C + c] * wa[j]
+            for j in range(VEC):
+                s += xs[j * C + c + WARP] * wb[j]
+            c += 2 * WARP
+        if c < body:
+            wa = load(w, n, c * VEC)
+            for j in range(VEC):
+                s += xs[j * C + c] * wa[j]
+        for k in range(body * VEC + lane, K, WARP):
+            s += xs[(k % VEC) * C + k // VEC] * float32(w[n, k])
+        return s
+
+    @cuda.jit(device=True)
+    def warp_sum(s):
+        offset = WARP // 2
+        while offset > 0:
+            s += shfl_down(s, offset)
+            offset //= 2
+        return s
 
     @cuda.jit
-    def norm_gemv_kernel(h, norm_w, w, out, K, eps, half):
-        """out[t, n] = sum_k rmsnorm(h[t])[k] * w[n, k] for token t = blockIdx.y; a warp per row n.
+    def norm_gemv_kernel(h, norm_w, w, out, K, eps, half, positions, inv_freq, rot_rows, hd2):
+        """out[t, n] = sum_k rmsnorm(h[t])[k] * w[n, k] for token t = blockIdx.y; a warp per row n
+        (gated: per pair of rows n and n + N, then silu(gate) * up; rotary: per pair of rows i and
+        i + hd2 of a head, rotated by positions[t] * inv_freq[i] when the rows are below rot_rows).
 
         Shared memory holds the normalized row transposed by 8: xs[j * C + c] = x[8 * c + j], so
         a lane reading its chunk c for j = 0..7 and its neighbours reading c + 1, ... hit
@@ -61,10 +99,7 @@ def make_norm_gemv(load):
             v1 = float32(h[t, k])
             xs[(k % VEC) * C + k // VEC] = v1
             acc += v1 * v1
-        offset = WARP // 2
-        while offset > 0:
-            acc += shfl_down(acc, offset)
-            offset //= 2
+        acc = warp_sum(acc)
         if lane == 0:
             red[warp] = acc
         cuda.syncthreads()                          # every warp's sum of squares is in place
@@ -84,41 +119,51 @@ def make_norm_gemv(load):
             xs[i] = x
         cuda.syncthreads()                          # the whole normalized row is in place
 
-        # 3. the GEMV: groups of `warps` rows, the block striding over the groups
-        N = out.shape[1]
+        # 3. the GEMV: groups of `warps` items (rows, or pairs of rows), the block striding over them
+        items = out.shape[1] // 2 if rotary else out.shape[1]
         group = cuda.blockIdx.x
-        while group * warps < N:                    # the same for every warp: all of them shuffle
+        while group * warps < items:                # the same for every warp: all of them shuffle
             n = group * warps + warp
+            r0 = n                                  # the rows this warp computes: r0 (and r1)
+            r1 = n + items                          # gated: the up row of feature n
+            if rotary:                              # rows i and i + hd2 of head n // hd2
+                r0 = (n // hd2) * 2 * hd2 + n % hd2
+                r1 = r0 + hd2
             s = float32(0.0)
-            if n < N:
-                c = lane
-                while c + WARP < body:              # two 16-byte loads of w in flight, then the math
-                    wa = load(w, n, c * VEC)
-                    wb = load(w, n, (c + WARP) * VEC)
-                    for j in range(VEC):
-                        s += xs[j * C + c] * wa[j]
-                    for j in range(VEC):
-                        s += xs[j * C + c + WARP] * wb[j]
-                    c += 2 * WARP
-                if c < body:
-                    wa = load(w, n, c * VEC)
-                    for j in range(VEC):
-                        s += xs[j * C + c] * wa[j]
-                for k in range(body * VEC + lane, K, WARP):
-                    s += xs[(k % VEC) * C + k // VEC] * float32(w[n, k])
-            offset = WARP // 2
-            while offset > 0:
-                s += shfl_down(s, offset)
-                offset //= 2
-            if lane == 0 and n < N:
-                out[t, n] = s
+            u = float32(0.0)
+            if n < items:
+                s = row_dot(xs, w, r0, C, body, K, lane)
+                if gated or rotary:
+                    u = row_dot(xs, w, r1, C, body, K, lane)
+            s = warp_sum(s)
+            if gated or rotary:
+                u = warp_sum(u)
+            if lane == 0 and n < items:
+                if (gated or rotary) and half:      # the sums as the unfused GEMV would store them
+                    s = float32(float16(s))
+                    u = float32(float16(u))
+                if gated:                           # day 02's silu_mul: fp32, one rounding
+                    out[t, n] = s / (float32(1.0) + math.exp(-s)) * u
+                elif rotary:
+                    if r0 < rot_rows:               # a q or k head: day 12's rotation in fp32
+                        angle = float32(positions[t]) * inv_freq[n % hd2]
+                        c = math.cos(angle)
+                        sn = math.sin(angle)
+                        out[t, r0] = s * c - u * sn
+                        out[t, r1] = u * c + s * sn
+                    else:                           # a v head: stored as it is
+                        out[t, r0] = s
+                        out[t, r1] = u
+                else:
+                    out[t, r0] = s
             group += cuda.gridDim.x
 
     return norm_gemv_kernel
 
 
-norm_gemv_wide = make_norm_gemv(load8_wide)   # rows of h and w start on 16-byte boundaries
-norm_gemv_any = make_norm_gemv(load8)
+NORM_GEMV = {(wide, epilogue): make_norm_gemv(load8_wide if wide else load8, epilogue == "gated",
+                                              epilogue == "rotary")
+             for wide in (True, False) for epilogue in ("plain", "gated", "rotary")}   # 16-byte loads or any
 
 
 def make_gemv_add(load):
@@ -218,14 +263,20 @@ def _rows(name: str, h: torch.Tensor, w: torch.Tensor, what: str) -> None:
 
 
 def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor, *,
-                block_size: int = 256) -> torch.Tensor:
+                gated: bool = False, rope=None, block_size: int = 256) -> torch.Tensor:
     """rmsnorm(h, norm_weight, eps) @ w.T -> [T, out] in h's dtype, with day 10's rounding.
 
     h [T, in], norm_weight [in], w [out, in], one dtype (fp16 or fp32). Every block normalizes
     its token's row into shared memory, then a warp per row of w computes the dot products.
+    gated: w is [gate; up] (2 * F rows, as w_gate_up) and the result is silu_mul(gate, up)
+    [T, F]: a warp computes both rows of a feature, so the SwiGLU needs no launch of its own.
+    rope = (positions int32 [T], inv_freq fp32 [hd/2], heads): w is made of heads of hd rows
+    (wqkv) and the first `heads` of them (q and k) come out rotated as day 12's rope would
+    rotate them; the rest (v) as they are.
     It reads w once per token: meant for decode (T == 1); the forward keeps the tiled GEMM for
     prefill. Raise ValueError (one line) for shapes or dtypes that do not fit, a norm_weight
-    that is not [in], or a block_size that is not a power of two from 32 to 1024.
+    that is not [in], a gated w with an odd number of rows, a rope that does not fit w, gated and
+    rope together, or a block_size that is not a power of two from 32 to 1024.
     """
     _rows("norm_linear", h, w, "h")
     if norm_weight.dim() != 1 or norm_weight.shape[0] != h.shape[1] or norm_weight.dtype != h.dtype:
@@ -233,19 +284,31 @@ def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch
                          f"got {tuple(norm_weight.shape)} {norm_weight.dtype}")
     _check_block("norm_linear", block_size)
     gpu.require_device(h, norm_weight, w)
+    if gated and w.shape[0] % 2:
+        raise ValueError(f"norm_linear: gated=True needs w = [gate; up] with an even number of rows, got {w.shape[0]}")
+    positions, inv_freq, rot_rows, hd2 = norm_weight, norm_weight, 0, 1   # unused unless rope is given
+    if rope is not None:
+        positions, inv_freq, heads = rope
+        hd2 = inv_freq.shape[0] if inv_freq.dim() == 1 else 0
+        if gated or hd2 == 0 or w.shape[0] % (2 * hd2) or not 0 <= heads * 2 * hd2 <= w.shape[0] \
+                or positions.shape != (h.shape[0],) or positions.dtype != torch.int32 or inv_freq.dtype != torch.float32:
+            raise ValueError(f"norm_linear: rope must be (positions int32 [T], inv_freq fp32 [hd/2], heads) for w of "
+                             f"whole heads of hd rows, heads * hd <= {w.shape[0]}, and not with gated=True")
+        rot_rows = heads * 2 * hd2
+        gpu.require_device(positions, inv_freq)
     T, K = h.shape
-    N = w.shape[0]
+    N = w.shape[0] // 2 if gated else w.shape[0]
     out = torch.empty(T, N, dtype=h.dtype, device=h.device)
     if T == 0 or N == 0:
         return out
-    if K == 0:
+    if K == 0:                                     # x = 0: every sum is 0, and so is silu(0) * 0
         return out.zero_()
-    groups = gpu.cdiv(N, block_size // WARP)
-    grid = min(groups, sm_count(h.device) * BLOCKS_PER_SM)
-    kernel = norm_gemv_wide if _wide(h, w) else norm_gemv_any
+    epilogue = "gated" if gated else "rotary" if rope is not None else "plain"
+    items = N // 2 if epilogue == "rotary" else N          # a warp per row, or per pair of rows
+    grid = min(gpu.cdiv(items, block_size // WARP), sm_count(h.device) * BLOCKS_PER_SM)
     shared = VEC * gpu.cdiv(K, VEC) * 4            # the normalized row, fp32
-    gpu.launch(kernel, (grid, T), block_size, h, norm_weight, w, out, K, float(eps),
-               h.dtype == torch.float16, shared_bytes=shared)
+    gpu.launch(NORM_GEMV[_wide(h, w), epilogue], (grid, T), block_size, h, norm_weight, w, out, K, float(eps),
+               h.dtype == torch.float16, positions, inv_freq, rot_rows, hd2, shared_bytes=shared)
     return out
 
 
