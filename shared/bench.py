@@ -121,13 +121,9 @@ def peak_bandwidth_bytes_s() -> float | None:
         return None
 
 
-def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
-    """Kernel time of one decode step at `context`, as the engine replays it (forward, greedy pick
-    and its feedback): the step captured once (reference graphs) and replayed back to back, so no
-    host time is in it. None where the track has no cache yet."""
-    import torch
-    if not engine.on_gpu or not engine.caps.cache:
-        return None
+def _captured_step(engine, context: int):
+    """(graph, runner): the engine's greedy decode step at `context`, captured once (reference
+    graphs), as the engine replays it (forward, greedy pick and its feedback)."""
     from shared.engine.runner import ModelRunner
     from shared.reference.graphs import DecodeGraphs
     runner = ModelRunner(engine.ops, engine.weights, engine.cache_backend(context + 2), engine.device,
@@ -137,6 +133,16 @@ def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
     runner.ids_buf.fill_(ids[-1])
     runner.decode_on_device(context)                    # captures the greedy decode step
     graph, _ = next(iter(runner.greedy_graphs.graphs.values()))
+    return graph, runner
+
+
+def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
+    """Kernel time of one decode step at `context`: the captured step replayed back to back, so
+    no host time is in it. None where the track has no cache yet."""
+    import torch
+    if not engine.on_gpu or not engine.caps.cache:
+        return None
+    graph, runner = _captured_step(engine, context)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -146,6 +152,51 @@ def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
     torch.cuda.synchronize()
     runner.release()
     return start.elapsed_time(end) / reps
+
+
+def kernel_name(name: str) -> str:
+    """A readable kernel name: numba's mangled `_ZN<len>module...<len>name B...` gives its Python
+    name (the last length-prefixed part); a C++ template name is cut short."""
+    if name.startswith("_ZN"):
+        i, parts = 3, []
+        while i < len(name) and name[i].isdigit():
+            j = i
+            while name[j].isdigit():
+                j += 1
+            n = int(name[i:j])
+            parts.append(name[j:j + n])
+            i = j + n
+        if parts:
+            return parts[-1]
+    return name.split("(")[0][:60]
+
+
+def kernel_breakdown(engine, context: int, reps: int = 10) -> list[dict] | None:
+    """Where a decode token's GPU time goes, kernel by kernel (torch.profiler over `reps` replays
+    of the captured step): [{kernel, launches, us}] per token, most time first. None where the
+    track has no cache or the profiler sees no kernels (CUPTI missing)."""
+    import collections
+    import torch
+    if not engine.on_gpu or not engine.caps.cache:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+    graph, runner = _captured_step(engine, context)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    runner.release()
+    agg = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
+            a = agg[kernel_name(e.name)]
+            a[0] += 1
+            a[1] += getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
+    rows = [{"kernel": k, "launches": n / reps, "us": us / reps} for k, (n, us) in agg.items()]
+    return sorted(rows, key=lambda r: -r["us"]) or None
 
 
 def track_note(engine) -> str:
@@ -210,6 +261,11 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
             "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__,
             "weight_bytes_per_token": weight_bytes(engine.weights), "peak_bandwidth_bytes_s": peak,
             "gpu_ms_per_token": gpu_ms_per_token(engine, prompt_tokens), "track_note": track_note(engine)}
+    try:                                      # a profiler failure must not lose the rest of the report
+        meta["kernels_per_token"] = kernel_breakdown(engine, prompt_tokens)
+    except Exception as e:
+        meta["kernels_per_token"] = None
+        meta["kernels_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     results = {}
     kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, warmup=warmup, progress=progress)
     modes = ([("graph", True, True)] if use_graphs else []) + [("cached", True, False)] + \
@@ -311,7 +367,27 @@ def markdown(report: dict) -> str:
         by = {p["context"]: p["decode_tok_s"] for p in r["decode_vs_context"]}
         lines.append(f"| {name} | " + " | ".join(_fmt(by.get(c)) for c in m["contexts"]) + " |")
     lines += peer_lines(report)
+    lines += kernel_lines(m)
     return "\n".join(lines) + "\n"
+
+
+def kernel_lines(m: dict, top: int = 14) -> list[str]:
+    """Where a decode token's GPU time goes (the profiler's view of one captured step)."""
+    rows = m.get("kernels_per_token")
+    if not rows:
+        return [f"", f"Kernel breakdown not measured: {m['kernels_error']}"] if m.get("kernels_error") else []
+    total = sum(r["us"] for r in rows)
+    launches = sum(r["launches"] for r in rows)
+    lines = ["", f"Where a decode token's GPU time goes (context {m['prompt_tokens']}, torch.profiler over the "
+             f"captured step): {total:,.0f} us in {launches:,.0f} kernels", "",
+             "| kernel | launches/token | us/token | share |", "|---|---:|---:|---:|"]
+    for r in rows[:top]:
+        lines.append(f"| `{r['kernel']}` | {r['launches']:,.0f} | {r['us']:,.1f} | {100 * r['us'] / total:.0f}% |")
+    if len(rows) > top:
+        rest = rows[top:]
+        lines.append(f"| {len(rest)} more | {sum(r['launches'] for r in rest):,.0f} | "
+                     f"{sum(r['us'] for r in rest):,.1f} | {100 * sum(r['us'] for r in rest) / total:.0f}% |")
+    return lines
 
 
 def peer_lines(report: dict) -> list[str]:
