@@ -229,6 +229,23 @@ def _ignored_block_flags(engine, args) -> str | None:
     return f"note: {' and '.join(given)} ignored: {why}"
 
 
+def _check_speculative(args) -> int:
+    """--speculative / --spec-k: one line before any model loads; the K to use."""
+    from shared.engine.speculative import DEFAULT_K, check_options
+    if args.speculative is None:
+        if args.spec_k is not None:
+            raise UsageError("--spec-k needs --speculative ngram")
+        return DEFAULT_K
+    k = DEFAULT_K if args.spec_k is None else args.spec_k
+    check_options(args.speculative, k)
+    if args.temperature > 0:
+        raise UsageError(f"--speculative {args.speculative} decodes greedily: drop --temperature "
+                         "(speculative sampling is day 37)")
+    if args.no_cache:
+        raise UsageError("--speculative needs the KV cache: drop --no-cache")
+    return k
+
+
 def _progress(ids, prompt_tokens: int, max_new: int, per_token: bool):
     """Token ids, passed through, with progress on stderr: the simulator takes minutes per token."""
     import time
@@ -252,11 +269,12 @@ def cmd_generate(args) -> int:
         os.environ.setdefault("TINYINFER_TIER", "sim")
     from shared.engine import SamplingParams   # bad sampling flags: one line before any model loads
     SamplingParams(args.temperature, args.top_k, args.top_p, args.max_new_tokens, seed=args.seed)
+    spec_k = _check_speculative(args)
     engine = Engine(args.model, track=args.track, dtype=args.dtype, use_cache=False if args.no_cache else None,
                     simulate=args.simulate, graphs=False if args.no_graph else None,
                     paged=False if args.no_paged else None,
                     block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
-                    num_blocks=args.num_blocks)
+                    num_blocks=args.num_blocks, speculative=args.speculative, spec_k=spec_k)
     print(f"[{engine.describe()}]", file=sys.stderr)
     from shared import models
     if Path(engine.model_dir).resolve() == (models.home() / models.TINY_DIR).resolve():
@@ -281,6 +299,8 @@ def cmd_generate(args) -> int:
     s = engine.stats
     print(f"[{s.prompt_tokens} prompt + {s.new_tokens} new tokens; TTFT {s.ttft_s * 1e3:.0f} ms; "
           f"decode {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    if getattr(s, "spec", None) is not None:          # --speculative: tokens per target step, acceptance
+        print(f"[{s.spec.describe(s.new_tokens)}]", file=sys.stderr)
     return 0
 
 
@@ -437,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_BLOCK_SIZE}; the paged cache comes with day 31)")
     s.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the paged pool (default: sized "
                    "from the request, like the static cache)")
+    s.add_argument("--speculative", choices=["ngram"], default=None, help="speculative decoding (day 35): ngram = "
+                   "draft from the context (prompt lookup), verify K drafts per target step; greedy, same text")
+    s.add_argument("--spec-k", type=int, default=None, help="tokens drafted per target step with --speculative "
+                   "(default 4, at most 16)")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "
                    "minutes per token)")
     s.set_defaults(fn=cmd_generate)

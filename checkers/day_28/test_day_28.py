@@ -1,10 +1,10 @@
 """Day 28 checker: the BlockAllocator. Run: pytest checkers/day_28
 
 Two kinds of test. Short scripted cases (allocate 0 tokens, block boundaries, fork and copy on
-write, running out of blocks, double free) with messages that say what went wrong. Then a property
-test: hypothesis drives random allocate / append_slot / fork / free sequences against your
-allocator and the reference in lockstep, and after every step checks the invariants below. On a
-failure it prints the shortest sequence of steps it found that breaks one.
+write, truncate, running out of blocks, double free) with messages that say what went wrong. Then
+a property test: hypothesis drives random allocate / append_slot / fork / truncate / free sequences
+against your allocator and the reference in lockstep, and after every step checks the invariants
+below. On a failure it prints the shortest sequence of steps it found that breaks one.
 """
 import re
 
@@ -146,14 +146,46 @@ def test_free_returns_a_block_only_when_nobody_holds_it(day):
     assert a.num_free == 6 and list(a.ref_counts) == [0] * 6, "every block free after freeing everything"
 
 
-@pytest.mark.parametrize("call", ["free", "append_slot", "slot", "block_table", "length", "fork"])
+def test_truncate_gives_back_the_end_of_a_sequence(day):
+    """Day 35's rollback: a partly used block stays, the blocks past it go back to the pool, a
+    block another sequence shares stays held, and growing again reuses the kept slots."""
+    a = day.BlockAllocator(8, 4)
+    t = a.allocate("s", 10)                      # 3 blocks: 4 + 4 + 2
+    a.truncate("s", 10)
+    assert (a.block_table("s"), a.length("s"), a.num_free) == (t, 10, 5), "truncate to the length changes nothing"
+    a.truncate("s", 9)
+    assert a.block_table("s") == t and a.length("s") == 9, \
+        f"truncate to 9 of 10: the third block still holds position 8, table {a.block_table('s')}, expected {t}"
+    a.truncate("s", 5)
+    assert a.block_table("s") == t[:2] and a.length("s") == 5, \
+        f"truncate to 5: keep blocks_needed(5) = 2 blocks {t[:2]}, length 5; got {a.block_table('s')}, {a.length('s')}"
+    assert a.num_free == 6 and a.ref_counts[t[2]] == 0, \
+        f"the third block goes back to the pool: 6 free and ref count 0, got {a.num_free} and {a.ref_counts[t[2]]}"
+    assert a.append_slot("s") == t[1] * 4 + 1, "position 5 after a truncate to 5 is the same slot as before"
+    a.truncate("s", 4)
+    assert a.block_table("s") == t[:1] and a.num_free == 7, "truncate to 4: one full block, the second is free"
+    a.fork("s", "c")                             # both hold t[0]
+    a.truncate("c", 0)
+    assert a.block_table("c") == [] and a.length("c") == 0, "truncate to 0 keeps the sequence, with no block"
+    assert a.block_table("s") == t[:1] and a.ref_counts[t[0]] == 1 and a.num_free == 7, \
+        f"a block the parent still holds stays held (ref count 1), got ref {a.ref_counts[t[0]]}, {a.num_free} free"
+    for what, seq, n in (("past the length", "s", 5), ("a negative length", "s", -1), ("an unknown sequence", "gone", 0)):
+        before = snapshot(a, ["s", "c"])
+        with pytest.raises(ValueError) as e:
+            a.truncate(seq, n)
+            pytest.fail(f"truncate({seq!r}, {n}) ({what}) must raise ValueError")
+        one_line(e.value)
+        assert_unchanged(a, ["s", "c"], before, f"truncate({seq!r}, {n})")
+
+
+@pytest.mark.parametrize("call", ["free", "append_slot", "slot", "block_table", "length", "fork", "truncate"])
 def test_double_free_and_use_after_free(day, call):
     a = day.BlockAllocator(4, 2)
     a.allocate("x", 3)
     a.allocate("y", 2)
     a.free("x")
     before = snapshot(a, ["y"])
-    args = {"slot": ("x", 0), "fork": ("x", "z")}.get(call, ("x",))
+    args = {"slot": ("x", 0), "fork": ("x", "z"), "truncate": ("x", 0)}.get(call, ("x",))
     with pytest.raises(ValueError) as e:
         getattr(a, call)(*args)
         pytest.fail(f"{call}{args} after free('x') must raise ValueError")
@@ -349,11 +381,20 @@ def machine_for(day, num_blocks, block_size):
             del self.live[seq]
             self.dead.append(seq)
 
+        @precondition(lambda self: self.live)
+        @rule(i=st.integers(0, 7), cut=st.integers(0, 2 * bs + 1))
+        def truncate(self, i, cut):
+            """Speculative decoding's rollback: keep the first length - cut tokens (< 0: an error)."""
+            seq = self._pick(i)
+            n = max(len(self.live[seq]) - cut, -1)
+            if not isinstance(self._both(f"truncate({seq!r}, {n})", lambda a: a.truncate(seq, n)), Exception):
+                del self.live[seq][n:]
+
         @precondition(lambda self: self.dead)
-        @rule(i=st.integers(0, 7), call=st.sampled_from(["free", "append_slot", "slot", "fork", "length"]))
+        @rule(i=st.integers(0, 7), call=st.sampled_from(["free", "append_slot", "slot", "fork", "length", "truncate"]))
         def use_after_free(self, i, call):
             seq = self.dead[i % len(self.dead)]
-            args = {"slot": (seq, 0), "fork": (seq, "never")}.get(call, (seq,))
+            args = {"slot": (seq, 0), "fork": (seq, "never"), "truncate": (seq, 0)}.get(call, (seq,))
             got = self._both(f"{call}{args} after free", lambda a: getattr(a, call)(*args))
             assert isinstance(got, ValueError), f"{call}{args} after free({seq!r}) must raise ValueError"
 

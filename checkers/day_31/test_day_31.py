@@ -4,7 +4,8 @@ Sim tier: your PagedCache with the reference kernels (fast in the simulator) and
 BlockAllocator: the step metadata prepare() writes, generation == the static cache token for
 token (block sizes 1, 16 and one that divides nothing; blocks scattered over the pool; a chunked
 prefill), copy on write, no leak, a decode step with no host reads, a full pool that changes
-nothing. GPU: the track's kernels, CUDA graphs (graph == eager), no sync, and a speed ratio.
+nothing, rollback (day 35). GPU: the track's kernels, CUDA graphs (graph == eager), no sync, and a
+speed ratio.
 """
 import subprocess
 import sys
@@ -237,6 +238,55 @@ def test_copy_on_write_copies_the_shared_block(day, paged_ops, device):
                          atol=0, rtol=0)
             assert_close(pool[layer, table[1], :, 2], new[0], f"the new token in the copied block ({name})",
                          atol=0, rtol=0)
+
+
+# ---- rollback (day 35's speculative decoding) ----------------------------------------------------------------
+def test_rollback_gives_back_the_blocks_past_the_length(day, paged_ops, weights, device):
+    """A verify writes 7 tokens after the prompt, then rollback(L) keeps L of them: the allocator
+    holds blocks_needed(L) blocks (ref count 1), the others are free again, context_lens is L, and
+    decoding on from L equals the static cache fed only the kept tokens. L inside a block, at a
+    block boundary, the length itself (nothing changes), and a bad L (one line, nothing changes)."""
+    bs, nb = 4, 12
+    for keep in (2, 3, 7):                           # prompt 13 + keep: 15 (inside a block), 16 (a boundary), 20
+        runner = _paged_runner(day, paged_ops, weights, device, nb, bs)
+        cache, a = runner.backend, runner.backend.allocator
+        static = _static_runner(paged_ops, weights, 40, device)
+        first = int(torch.argmax(runner.next_logits(PROMPT)))
+        a.allocate("other", 1)                       # the verify's blocks do not follow the prompt's
+        drafts = [first] + [(7 * i + 3) % weights.config.vocab_size for i in range(6)]
+        runner.forward(drafts, len(PROMPT))
+        held = a.length(0)
+        L = len(PROMPT) + keep
+        assert held == len(PROMPT) + 7, f"test setup: the cache should hold {len(PROMPT) + 7} tokens, holds {held}"
+        cache.rollback(L)
+        runner.cached = L
+        table = a.block_table(0)
+        what = f"rollback({L}) of {held} tokens (block size {bs})"
+        assert a.length(0) == L and len(table) == -(-L // bs), \
+            f"{what}: sequence 0 must hold {L} tokens in {-(-L // bs)} blocks, holds {a.length(0)} in {table}"
+        assert a.num_free == nb - len(table) - 1, \
+            f"{what}: {a.num_free} blocks free, expected {nb - len(table) - 1} -- give the blocks past L back " \
+            "(allocator.truncate)"
+        assert all(a.ref_counts[b] == 1 for b in table), f"{what}: ref counts of the kept blocks {a.ref_counts}"
+        assert cache.context_lens.tolist() == [L], f"{what}: context_lens {cache.context_lens.tolist()}, expected [{L}]"
+        cache.rollback(L)
+        assert (a.length(0), a.block_table(0)) == (L, table), f"rollback({L}) again must change nothing"
+        for bad in (L + 1, -1):
+            with pytest.raises(ValueError) as e:
+                cache.rollback(bad)
+                pytest.fail(f"rollback({bad}) of a sequence of {L} tokens must raise ValueError")
+            assert "\n" not in str(e.value), f"one line, please: {e.value}"
+            assert (a.length(0), a.block_table(0)) == (L, table), f"a failed rollback({bad}) changed the sequence"
+        ids = PROMPT + drafts[:keep]
+        ids = ids + [int(torch.argmax(static.next_logits(ids)))]   # the token after the kept ones, not cached
+        for step in range(5):                        # decoding on: the kept slots, then new blocks
+            want = static.next_logits(ids)
+            assert_close(runner.next_logits(ids), want, f"decode step {step} after {what}", atol=1e-4, rtol=1e-4)
+            ids = ids + [int(torch.argmax(want))]
+        runner.release()
+        assert a.num_free == nb - 1, f"after {what} and release(): {a.num_free} blocks free, expected {nb - 1}"
+    with pytest.raises(ValueError):
+        day.PagedCache(paged_ops, _config(), 4, 4, torch.float32, device).rollback(0)   # holds no sequence
 
 
 # ---- a full pool -------------------------------------------------------------------------------------------

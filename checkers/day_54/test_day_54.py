@@ -317,6 +317,16 @@ BAD_FUSED = {
 }
 
 
+def test_linear_add_long_rows_each_token_its_own_x(day, device):
+    """Rows long enough that each lane takes several 8-value steps (two loads in flight), three
+    tokens with different x: token t's row of h gets x[t] @ w.T, whichever loop a value went through."""
+    x, w = randn(3, 520, device=device, seed=34), 0.1 * randn(6, 520, device=device, seed=35)
+    h = randn(3, 6, device=device, seed=36)
+    want = h.cpu() + x.cpu() @ w.cpu().T
+    day.linear_add(x, w, h, block_size=32)
+    assert_close(h, want, "linear_add with 520-long rows and 3 tokens", **tol(torch.float32))
+
+
 @pytest.mark.parametrize("case", list(BAD_FUSED))
 def test_fused_gemv_bad_inputs_raise_value_error(day, device, case):
     x, w, h, nw = (torch.ones(1, 8, device=device), torch.ones(4, 8, device=device),

@@ -11,7 +11,8 @@ sequence grows, and at most block_size - 1 slots per sequence are ever wasted.
 `fork` lets a second sequence share every block of the first (parallel sampling, beam search, a
 shared prompt): each block has a ref count, the number of tables holding it. The first write
 into a shared, partly filled last block copies it first (copy on write); the allocator only
-records (source, destination) and the cache copies the data.
+records (source, destination) and the cache copies the data. `truncate` gives back the end of a
+sequence: speculative decoding (day 35) drops the drafts the target rejected.
 
 Host-side Python: no kernel. Every method either succeeds or raises with nothing changed.
 """
@@ -111,6 +112,17 @@ class BlockAllocator:
         # TODO(day 28): decrement each of its blocks' ref counts; only a block that reaches 0 goes
         #   back on the free list. A second free of the same id is a ValueError.
         raise NotImplementedError("Day 28: BlockAllocator.free is not written yet -- edit days/day_28/block_allocator.py "
+                                  "(lesson: notes/day_28_block_allocator.md)")
+
+    def truncate(self, seq_id, length: int) -> None:
+        """Keep the sequence's first `length` tokens (day 35's rollback): the blocks past them leave
+        its table, and one that no other table holds goes back to the free list.
+
+        ValueError unless 0 <= length <= length(seq_id): a sequence only ever gets shorter here."""
+        # TODO(day 28): check first (the sequence exists, 0 <= length <= its length). It keeps
+        #   blocks_needed(length) blocks -- a partly used last block stays. Each block past them:
+        #   ref count - 1, and back on the free list only at 0. Then the table and the length.
+        raise NotImplementedError("Day 28: BlockAllocator.truncate is not written yet -- edit days/day_28/block_allocator.py "
                                   "(lesson: notes/day_28_block_allocator.md)")
 
     def take_copies(self) -> list[tuple[int, int]]:

@@ -21,7 +21,8 @@ class PagedCache:
 
     k, v: pools [layers, num_blocks, KV, block_size, hd]; allocator: ops.BlockAllocator;
     slot_mapping int32 [max_len], block_tables int32 [1, num_blocks], context_lens int32 [1]:
-    device buffers allocated once, rewritten by prepare() before every step.
+    device buffers allocated once, rewritten by prepare() before every step. rollback(length)
+    gives back the end of the sequence: the drafts a speculative verify wrote and lost (day 35).
     """
 
     def __init__(self, ops, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
@@ -40,6 +41,15 @@ class PagedCache:
         # TODO(day 31): free sequence SEQ in the allocator if it holds blocks (the engine calls this
         # at the end of every generation; prepare(0, T) calls it too).
         raise NotImplementedError("Day 31: write PagedCache.release -- edit days/day_31/paged_cache.py "
+                                  "(lesson: notes/day_31_paged_prefill.md)")
+
+    def rollback(self, length: int) -> None:
+        """Keep the first `length` tokens: the blocks past them go back to the pool (day 35)."""
+        # TODO(day 31): a one-line ValueError unless sequence SEQ holds blocks and 0 <= length <= its
+        #   length. Then self.allocator.truncate(SEQ, length) (day 28: it frees the blocks past them,
+        #   ref counts right), remember the shorter table as what block_tables[0] starts with, and
+        #   context_lens = length (fill_). Speculative decoding (day 35) calls this after each verify.
+        raise NotImplementedError("Day 31: write PagedCache.rollback -- edit days/day_31/paged_cache.py "
                                   "(lesson: notes/day_31_paged_prefill.md)")
 
     def prepare(self, start: int, T: int) -> None:

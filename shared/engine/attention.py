@@ -10,6 +10,8 @@ from the same address every time, and `prepare` changes the value there.
 - PagedCache: pools of fixed-size blocks and a block table (days 28-31); the engine takes it
   from the registry (`ops.PagedCache`), like a kernel: shared/reference/paged.py or day 31.
 `release()` is called when a generation ends: a backend gives back what the sequence holds.
+`rollback(length)` (static and paged) keeps the first `length` tokens: the drafts a speculative
+verify wrote and the target rejected (day 35).
 """
 from __future__ import annotations
 
@@ -53,6 +55,13 @@ class StaticCache:
 
     def release(self) -> None:
         pass                                    # the cache is the runner's, kept for the next sequence
+
+    def rollback(self, length: int) -> None:
+        """Keep the first `length` tokens: speculative decoding drops its rejected drafts (day 35)."""
+        if not 0 <= length <= self.kv.length:
+            raise ValueError(f"rollback to {length} tokens: the cache holds {self.kv.length}, so 0..{self.kv.length}")
+        self.kv.length = length
+        self.cache_len.fill_(length)
 
     def __call__(self, layer, q, k, v, positions):
         ops, kc, vc = self.ops, self.kv.k[layer], self.kv.v[layer]

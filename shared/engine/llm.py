@@ -4,7 +4,8 @@ It picks what to run from `capabilities(track)`: the PyTorch reference on the CP
 no GPU (unless `simulate=True`: the track's kernels in Numba's simulator, tiny model only); a
 static KV cache once `decode_attention` is finished, else prefix recompute; a paged KV cache
 once day 31 is finished; CUDA graphs for the decode step once day 23 is finished and a GPU is
-present. The per-step work is the runner's
+present; speculative decoding when asked for (`speculative="ngram"`, shared/engine/speculative.py)
+once day 35 is finished. The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterator
 import torch
 
 from shared import models
+from shared.course import registry
 from shared.course.registry import Ops, default_track
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.capabilities import capabilities
@@ -23,6 +25,7 @@ from shared.engine.decode_loop import generate_async
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
+from shared.engine.speculative import DEFAULT_K, SpecStats, Speculator, check_options
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Stats:
     ttft_s: float = 0.0            # time to first token (prefill + first sample)
     total_s: float = 0.0
     token_times: list[float] = field(default_factory=list)
+    spec: SpecStats | None = None  # speculative decoding's counters (tokens per target step, acceptance)
 
     @property
     def decode_tok_s(self) -> float:
@@ -43,12 +47,21 @@ class Engine:
     def __init__(self, model: str | None = None, track: str | None = None, dtype: str | None = None,
                  use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
                  graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
-                 num_blocks: int | None = None, async_decode: bool | None = None):
+                 num_blocks: int | None = None, async_decode: bool | None = None,
+                 speculative: str | None = None, spec_k: int = DEFAULT_K):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
         self.on_gpu = not gpu.SIM
         self.reference_only = self.caps.reference_only
+        if speculative is not None:            # one line before the model loads
+            check_options(speculative, spec_k)
+            if use_cache is False or not self.caps.cache:
+                raise ValueError("speculative decoding needs the KV cache: drop --no-cache (and finish day 20 on a GPU)")
+            if not (self.reference_only or registry.has_feature("speculative", self.track)):
+                raise ValueError(f"speculative decoding needs a finished day 35 on the {self.track} track")
+        self.speculative, self.spec_k = speculative, spec_k     # None: plain decoding
+        self._speculator: Speculator | None = None
         if self.reference_only:
             from shared import reference
             self.ops = Ops(self.track, overrides={n: getattr(reference, n) for n in reference.__all__})
@@ -83,7 +96,8 @@ class Engine:
         """What the engine runs on now (its modes may differ from the track's capabilities)."""
         now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs,
                       paged=self.use_cache and self.use_paged)
-        return now.describe(str(self.dtype).removeprefix("torch."))
+        spec = f", speculative {self.speculative} (K={self.spec_k})" if self.speculative else ""
+        return now.describe(str(self.dtype).removeprefix("torch.")) + spec
 
     def runner(self, max_len: int) -> ModelRunner:
         """One runner per mode, kept across generations so its buffers and graphs are reused.
@@ -136,7 +150,18 @@ class Engine:
             raise ValueError(f"prompt ({len(seq.prompt_ids)}) + max_new_tokens ({p.max_tokens}) = {seq.max_len} "
                              f"exceeds the context limit {self.max_seq}")
         check_ids(seq.prompt_ids, self.config.vocab_size)
+        if self.speculative and p.temperature > 0:
+            raise ValueError(f"speculative decoding is greedy here: use temperature 0 (got {p.temperature}), or drop "
+                             "--speculative (speculative sampling is day 37)")
         return self._run(seq)
+
+    def speculator(self, runner: ModelRunner) -> Speculator:
+        """The runner's Verifier (buffers, graphs) and drafter, kept across generations."""
+        sp = self._speculator
+        if sp is None or sp.runner is not runner or (sp.method, sp.k) != (self.speculative, self.spec_k):
+            sp = self._speculator = Speculator(self.ops, runner, self.speculative, self.spec_k,
+                                               graphs_cls=self.ops.DecodeGraphs if runner.graphs is not None else None)
+        return sp
 
     def _run(self, seq: Sequence) -> Iterator[int]:
         p, ops = seq.params, self.ops
@@ -152,7 +177,11 @@ class Engine:
 
         eos = () if p.ignore_eos else self.tokenizer.eos_token_ids
         self.stats = s = Stats(prompt_tokens=len(seq.prompt_ids))
-        if self.uses_async_loop(runner):
+        if self.speculative:
+            s.spec = SpecStats(self.speculative, self.spec_k)
+            tokens = self.speculator(runner).generate(seq.prompt_ids, max_new_tokens=p.max_tokens,
+                                                      eos_token_ids=eos, stats=s.spec)
+        elif self.uses_async_loop(runner):
             tokens = generate_async(runner, seq.prompt_ids, max_new_tokens=p.max_tokens, eos_token_ids=eos,
                                     sample=sample, greedy=p.temperature <= 0)
         else:

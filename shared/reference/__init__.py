@@ -14,7 +14,7 @@ from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
 from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
-from shared.reference.speculative import Verifier, ngram_draft, verify
+from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
 from shared.reference.quant import dequantize, quantize_int8
 
@@ -24,5 +24,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "vector_add", "IncrementalDetokenizer", "Tokenizer", "StreamEvent", "StreamStats", "stream",
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
            "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
-           "verify", "Verifier", "ngram_draft", "spec_sample", "sample_probs",
+           "verify", "Verifier", "ngram_draft", "speculative", "spec_sample", "sample_probs",
            "quantize_int8", "dequantize"]

@@ -4,6 +4,7 @@ The KV pool is cut into `num_blocks` blocks of `block_size` token slots. A seque
 table: its position p lives in slot `table[p // block_size] * block_size + p % block_size`.
 `fork` lets a second sequence share the first one's blocks (a ref count per block); the first
 write into a shared block copies it first (copy on write), and the cache does that copy.
+`truncate` gives back the end of a sequence: speculative decoding's rollback (day 35).
 Every method either succeeds or raises with every table unchanged.
 """
 from __future__ import annotations
@@ -106,6 +107,21 @@ class BlockAllocator:
                 self.free_blocks.append(b)
         del self.lengths[seq_id]
 
+    def truncate(self, seq_id, length: int) -> None:
+        """Keep the sequence's first `length` tokens (day 35's rollback): the blocks past them leave
+        its table, and one that no other table holds goes back to the free list."""
+        self._known(seq_id)
+        if not 0 <= length <= self.lengths[seq_id]:
+            raise ValueError(f"truncate sequence {seq_id!r} to {length} tokens: it holds {self.lengths[seq_id]}, "
+                             f"so 0..{self.lengths[seq_id]}")
+        table, keep = self.tables[seq_id], self.blocks_needed(length)
+        for b in table[keep:]:
+            self.ref_counts[b] -= 1
+            if self.ref_counts[b] == 0:
+                self.free_blocks.append(b)
+        del table[keep:]
+        self.lengths[seq_id] = length
+
     def take_copies(self) -> list[tuple[int, int]]:
         """(source, destination) blocks copied on write since the last call: the cache copies them
         in the pool before it writes the step's tokens."""
@@ -125,6 +141,7 @@ class PagedCache:
     `__call__` writes k, v through ops.paged_kv_write and attends: ops.attention over the prompt,
     ops.paged_decode_attention for one token (capture-safe: it reads only the fixed buffers), or
     ops.attention over the sequence's blocks gathered for a chunk after cached tokens.
+    `rollback(length)` truncates the sequence (its later blocks go back to the pool).
     """
 
     def __init__(self, ops, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
@@ -147,6 +164,16 @@ class PagedCache:
         if self.held:
             self.allocator.free(SEQ)
             self.held = False
+
+    def rollback(self, length: int) -> None:
+        """Keep the first `length` tokens: the blocks past them go back to the pool (day 35)."""
+        have = self.allocator.length(SEQ) if self.held else 0
+        if not self.held or not 0 <= length <= have:
+            raise ValueError(f"rollback to {length} tokens: the cache holds {have} tokens of this sequence, "
+                             f"so 0..{have}")
+        self.allocator.truncate(SEQ, length)
+        self.table = self.allocator.block_table(SEQ)      # a prefix of what block_tables[0] holds
+        self.context_lens.fill_(length)
 
     def prepare(self, start: int, T: int) -> None:
         """Blocks for positions start..start+T-1, then the step's metadata into the fixed buffers.

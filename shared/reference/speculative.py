@@ -1,7 +1,9 @@
-"""Reference for days 33-34: the verify pass (`verify`, `Verifier`) and n-gram prompt lookup
-(`ngram_draft`). Same names and signatures as the days; the learner's days replace them through
-the registry once finished."""
+"""Reference for days 33-35: the verify pass (`verify`, `Verifier`), n-gram prompt lookup
+(`ngram_draft`) and the greedy speculative loop (`speculative`). Same names and signatures as the
+days; the learner's days replace them through the registry once finished."""
 from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -95,3 +97,45 @@ def ngram_draft(tokens: list[int], k: int, n: int = 3, min_n: int = 1) -> list[i
             if tokens[i:i + m] == suffix:
                 return tokens[i + m:i + m + k]
     return []
+
+
+def speculative(runner, prompt_ids: list[int], *, verify: Callable[[list[int], int], torch.Tensor],
+                draft: Callable[[list[int], int], list[int]], k: int, max_new_tokens: int,
+                eos_token_ids: Iterable[int] = (), greedy: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                stats=None) -> Iterator[int]:
+    """Yield plain greedy decoding's tokens (EOS included, as generate does), up to k + 1 per target
+    forward. Each round: draft(context, n) proposes up to n tokens; verify([newest] + drafts, start)
+    scores them in one forward on the runner's cache; the drafts equal to the target's own picks
+    (a prefix) are kept plus the target's token after them; the cache is rolled back to what was
+    kept. Never emits past EOS or max_new_tokens, even inside a run of accepted drafts. stats: an
+    object whose steps, drafted and accepted counters grow by 1, len(drafts), accepted per verify."""
+    if k < 0:
+        raise ValueError(f"k (tokens drafted per target step) must be >= 0, got {k}")
+    pick = greedy or (lambda logits: torch.argmax(logits, dim=-1))
+    eos = set(eos_token_ids)
+    if max_new_tokens < 1:
+        return
+    runner.reset()
+    context = list(prompt_ids)
+    new = [int(pick(runner.next_logits(context)[None])[0])]     # the prefill: the cache holds the prompt
+    while True:
+        yield from new
+        context += new
+        done = len(context) - len(prompt_ids)
+        if new[-1] in eos or done >= max_new_tokens:
+            return
+        start = len(context) - 1                                  # the cache holds all but the newest token
+        room = min(k, max_new_tokens - done - 1)                  # never draft a token that cannot be emitted
+        drafts = list(draft(context, room))[:room]
+        target = pick(verify([context[-1]] + drafts, start)).tolist()   # the one read per round
+        a = 0
+        while a < len(drafts) and drafts[a] == target[a]:
+            a += 1
+        new = drafts[:a] + [target[a]]
+        new = new[:next((i + 1 for i, t in enumerate(new) if t in eos), len(new))]
+        runner.backend.rollback(start + len(new))                 # the newest token + the kept drafts
+        runner.cached = start + len(new)
+        if stats is not None:
+            stats.steps += 1
+            stats.drafted += len(drafts)
+            stats.accepted += a

@@ -11,7 +11,8 @@ sequence grows, and at most block_size - 1 slots per sequence are ever wasted.
 `fork` lets a second sequence share every block of the first (parallel sampling, beam search, a
 shared prompt): each block has a ref count, the number of tables holding it. The first write
 into a shared, partly filled last block copies it first (copy on write); the allocator only
-records (source, destination) and the cache copies the data.
+records (source, destination) and the cache copies the data. `truncate` gives back the end of a
+sequence: speculative decoding (day 35) drops the drafts the target rejected.
 
 Host-side Python: no kernel. Every method either succeeds or raises with nothing changed.
 """
@@ -138,6 +139,23 @@ class BlockAllocator:
             if self.ref_counts[b] == 0:
                 self.free_blocks.append(b)
         del self.lengths[seq_id]
+
+    def truncate(self, seq_id, length: int) -> None:
+        """Keep the sequence's first `length` tokens (day 35's rollback): the blocks past them leave
+        its table, and one that no other table holds goes back to the free list.
+
+        ValueError unless 0 <= length <= length(seq_id): a sequence only ever gets shorter here."""
+        self._known(seq_id)
+        if not 0 <= length <= self.lengths[seq_id]:
+            raise ValueError(f"truncate sequence {seq_id!r} to {length} tokens: it holds {self.lengths[seq_id]}, "
+                             f"so 0..{self.lengths[seq_id]}")
+        table, keep = self.tables[seq_id], self.blocks_needed(length)   # a partly used block stays
+        for b in table[keep:]:
+            self.ref_counts[b] -= 1
+            if self.ref_counts[b] == 0:            # a block another sequence shares stays held
+                self.free_blocks.append(b)
+        del table[keep:]
+        self.lengths[seq_id] = length
 
     def take_copies(self) -> list[tuple[int, int]]:
         """(source, destination) blocks copied on write since the last call: the cache copies them

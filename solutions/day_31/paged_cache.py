@@ -21,7 +21,8 @@ class PagedCache:
 
     k, v: pools [layers, num_blocks, KV, block_size, hd]; allocator: ops.BlockAllocator;
     slot_mapping int32 [max_len], block_tables int32 [1, num_blocks], context_lens int32 [1]:
-    device buffers allocated once, rewritten by prepare() before every step.
+    device buffers allocated once, rewritten by prepare() before every step. rollback(length)
+    gives back the end of the sequence: the drafts a speculative verify wrote and lost (day 35).
     """
 
     def __init__(self, ops, config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
@@ -45,6 +46,16 @@ class PagedCache:
         if self.held:
             self.allocator.free(SEQ)
             self.held = False
+
+    def rollback(self, length: int) -> None:
+        """Keep the first `length` tokens: the blocks past them go back to the pool (day 35)."""
+        have = self.allocator.length(SEQ) if self.held else 0
+        if not self.held or not 0 <= length <= have:
+            raise ValueError(f"rollback to {length} tokens: the cache holds {have} tokens of this sequence, "
+                             f"so 0..{have}")
+        self.allocator.truncate(SEQ, length)              # the allocator keeps the ref counts right
+        self.table = self.allocator.block_table(SEQ)      # a prefix of what block_tables[0] holds
+        self.context_lens.fill_(length)
 
     def prepare(self, start: int, T: int) -> None:
         """Blocks for positions start..start+T-1, then the step's metadata into the fixed buffers.
