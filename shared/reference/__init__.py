@@ -17,6 +17,7 @@ from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
 from shared.reference.quant import dequantize, quantize_int8
+from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
@@ -25,4 +26,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
            "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
            "verify", "Verifier", "ngram_draft", "speculative", "spec_sample", "sample_probs",
-           "quantize_int8", "dequantize"]
+           "quantize_int8", "dequantize",
+           "BatchedPagedCache", "BatchDecoder", "forward_batch"]
