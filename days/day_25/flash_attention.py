@@ -14,6 +14,8 @@ from numba import cuda, float32
 MAX_HEAD_DIM = 128             # a thread's output row lives in a local array: a compile-time size
 MAX_BLOCK_K = 64               # a thread's scores for one K tile, likewise
 MAX_SHARED_BYTES = 48 * 1024   # dynamic shared memory a block may ask for without opting in
+LOCAL_MEMORY_BY_DESIGN = True   # acc and the scores are local arrays indexed at run time: slow, on purpose
+                                # (day 26 keeps them in registers); the compile check allows the frame
 
 
 @cuda.jit

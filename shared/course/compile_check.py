@@ -13,7 +13,9 @@ process per pytest process that imports the same module with the simulator off a
 `numba.cuda.compile_ptx`. A kernel that does not compile fails the launch with one line naming
 the kernel and the compiler's complaint. Where PTX comes back, it is also scanned for what the
 lessons forbid: fp64 arithmetic in a kernel without fp64 arrays, and a local-memory stack frame
-(`__local_depot`: a local array indexed at run time, or one too big for registers). Register
+(`__local_depot`: a local array indexed at run time, or one too big for registers), leaving out
+what the learner did not write (libdevice's trig reduction, numba's fp16 operator calls) and
+local arrays a lesson asks for (a module setting LOCAL_MEMORY_BY_DESIGN = True). Register
 spills are decided later, by ptxas: only the GPU tier's compute-sanitizer/`-m gpu` runs see them.
 
 Results are cached in .tinyinfer/compile/ by a hash of the kernel's recipe, the source files it
@@ -371,6 +373,7 @@ def compile_kernel(recipe, argtypes, name: str) -> str | None:
     fastmath = bool(getattr(kernel, "targetoptions", {}).get("fastmath", False))
     sig = tuple(_numba_type(t) for t in argtypes)
     has_fp64_arrays = any(t[0] == "array" and t[1] == "float64" for t in argtypes)
+    local_allowed = getattr(sys.modules.get(fn.__module__), LOCAL_BY_DESIGN, False) is True
     for cc in ARCHS:
         arch = f"sm_{cc[0]}{cc[1]}"
         _NoGPU.compute_capability = cc
@@ -381,7 +384,7 @@ def compile_kernel(recipe, argtypes, name: str) -> str | None:
                 _PTX[0] = False
                 return None                          # typed and lowered; no NVVM here for PTX
             return f"{name} does not compile for a GPU ({arch}): {_summary(e, fn)}"
-        problem = scan_ptx(ptx, fp64_allowed=has_fp64_arrays)
+        problem = scan_ptx(ptx, fp64_allowed=has_fp64_arrays, local_allowed=local_allowed)
         if problem:
             return f"{name} on {arch}: {problem}"
     return None
@@ -450,9 +453,18 @@ _DEPOT = re.compile(r"\.local\s+\.align\s+\d+\s+\.b8\s+__local_depot\d+\[(\d+)\]
 # neither is the learner's mistake, so the scan leaves it out.
 _TRIG_REDUCTION = "0d3BF921FB54442D19"
 _TRIG_DEPOT_BYTES = 28
+# numba-cuda lowers fp16 arithmetic (a + b on two float16 values) to calls of cuda_fp16's C++
+# operators, linked in later, whose arguments go by reference through a few bytes of local memory.
+# That frame is numba's, not the learner's: the scan leaves it out when every local access is one
+# 16-bit value and the module calls such an operator.
+_HALF_OPERATOR = re.compile(r"\.extern\s+\.func\b.*6__half")
+_LOCAL_ACCESS = re.compile(r"\b(?:ld|st)\.local\.(\w+)")
+# A lesson may put arrays in local memory on purpose (day 25's one-thread-per-row flash kernel keeps
+# its output row there; day 26 moves it to registers): its module says so with this name = True.
+LOCAL_BY_DESIGN = "LOCAL_MEMORY_BY_DESIGN"
 
 
-def scan_ptx(ptx: str, fp64_allowed: bool = False) -> str | None:
+def scan_ptx(ptx: str, fp64_allowed: bool = False, local_allowed: bool = False) -> str | None:
     """What the lessons forbid, as seen in PTX: fp64 arithmetic in an fp32 kernel, a local-memory frame."""
     if not fp64_allowed:
         ops = [m.group(0).split()[-1] for m in _F64_MATH.finditer(ptx)
@@ -464,6 +476,11 @@ def scan_ptx(ptx: str, fp64_allowed: bool = False) -> str | None:
     depot = _DEPOT.search(ptx)
     if depot and _TRIG_REDUCTION in ptx and int(depot.group(1)) <= _TRIG_DEPOT_BYTES:
         depot = None                      # only libdevice's trig reduction array (see _TRIG_REDUCTION)
+    if depot and _HALF_OPERATOR.search(ptx) and all(
+            kind in ("u16", "b16", "f16") for kind in _LOCAL_ACCESS.findall(ptx)):
+        depot = None                      # only numba's fp16 operator calls (see _HALF_OPERATOR)
+    if local_allowed:
+        depot = None
     if depot:
         return (f"a {depot.group(1)}-byte local-memory stack frame: a cuda.local.array indexed with a value known "
                 "only at run time (or too big for registers) lives in slow local memory -- index it with "

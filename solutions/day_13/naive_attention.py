@@ -4,6 +4,7 @@ Lesson: notes/day_13_naive_attention.md        Check: pytest checkers/day_13
 """
 import math
 
+import numpy as np
 import torch
 
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
@@ -108,7 +109,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, tile: 
         return out.to(q.dtype)
     scores = torch.empty(T, S, dtype=torch.float32, device=q.device)
     gpu.launch(scores_kernel, (gpu.cdiv(S, tile), gpu.cdiv(T, tile)), (tile, tile),
-               q, k, scores, 1.0 / math.sqrt(d), S - T)
+               q, k, scores, np.float32(1.0 / math.sqrt(d)), S - T)   # fp32: a Python float is fp64 in a kernel
     gpu.launch(row_softmax_kernel, T, softmax_threads, scores)
     gpu.launch(pv_kernel, (gpu.cdiv(d, tile), gpu.cdiv(T, tile)), (tile, tile), scores, v, out)
     return out.to(q.dtype)

@@ -4,6 +4,7 @@ Lesson: notes/day_14_gqa_attention.md        Check: pytest checkers/day_14
 """
 import math
 
+import numpy as np
 import torch
 
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
@@ -117,6 +118,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: 
     gpu.require_device(q, k, v)
     out = torch.empty(T, H, hd, dtype=q.dtype, device=q.device)
     if T and H:
-        gpu.launch(gqa_attention_kernel, (T, H), block_size, q, k, v, out, 1.0 / math.sqrt(hd), H // KV,
+        gpu.launch(gqa_attention_kernel, (T, H), block_size, q, k, v, out, np.float32(1.0 / math.sqrt(hd)), H // KV,
                    shared_bytes=shared_bytes)
     return out
