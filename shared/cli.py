@@ -230,14 +230,18 @@ def _ignored_block_flags(engine, args) -> str | None:
 
 
 def _check_speculative(args) -> int:
-    """--speculative / --spec-k: one line before any model loads; the K to use."""
-    from shared.engine.speculative import DEFAULT_K, check_options
+    """--speculative / --spec-k / --draft-layers / --draft-model: one line before any model loads
+    (a depth past the model's own is caught once it has loaded); the K to use."""
+    from shared.engine.speculative import DEFAULT_K, check_draft, check_options
+    if args.speculative != "draft" and (args.draft_layers is not None or args.draft_model is not None):
+        raise UsageError("--draft-layers and --draft-model need --speculative draft")
     if args.speculative is None:
         if args.spec_k is not None:
-            raise UsageError("--spec-k needs --speculative ngram")
+            raise UsageError("--spec-k needs --speculative ngram or --speculative draft")
         return DEFAULT_K
     k = DEFAULT_K if args.spec_k is None else args.spec_k
     check_options(args.speculative, k)
+    check_draft(args.speculative, args.draft_layers, args.draft_model)
     if args.temperature > 0:
         raise UsageError(f"--speculative {args.speculative} decodes greedily: drop --temperature "
                          "(speculative sampling is day 37)")
@@ -274,7 +278,8 @@ def cmd_generate(args) -> int:
                     simulate=args.simulate, graphs=False if args.no_graph else None,
                     paged=False if args.no_paged else None,
                     block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
-                    num_blocks=args.num_blocks, speculative=args.speculative, spec_k=spec_k)
+                    num_blocks=args.num_blocks, speculative=args.speculative, spec_k=spec_k,
+                    draft_layers=args.draft_layers, draft_model=args.draft_model)
     print(f"[{engine.describe()}]", file=sys.stderr)
     from shared import models
     if Path(engine.model_dir).resolve() == (models.home() / models.TINY_DIR).resolve():
@@ -457,8 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_BLOCK_SIZE}; the paged cache comes with day 31)")
     s.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the paged pool (default: sized "
                    "from the request, like the static cache)")
-    s.add_argument("--speculative", choices=["ngram"], default=None, help="speculative decoding (day 35): ngram = "
-                   "draft from the context (prompt lookup), verify K drafts per target step; greedy, same text")
+    s.add_argument("--speculative", choices=["ngram", "draft"], default=None, help="speculative decoding (day 35): "
+                   "ngram = draft from the context (prompt lookup), draft = a draft model (day 36: --draft-layers or "
+                   "--draft-model); verify K drafts per target step; greedy, same text")
+    s.add_argument("--draft-layers", type=int, default=None, help="--speculative draft: the target's first L layers "
+                   "(+ its final norm and head) draft, sharing its weights; with --draft-model, that model's first L")
+    s.add_argument("--draft-model", default=None, help="--speculative draft: a smaller HF Llama folder with the "
+                   "target's tokenizer drafts (all its layers unless --draft-layers)")
     s.add_argument("--spec-k", type=int, default=None, help="tokens drafted per target step with --speculative "
                    "(default 4, at most 16)")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "

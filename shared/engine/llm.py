@@ -4,7 +4,8 @@ It picks what to run from `capabilities(track)`: the PyTorch reference on the CP
 no GPU (unless `simulate=True`: the track's kernels in Numba's simulator, tiny model only); a
 static KV cache once `decode_attention` is finished, else prefix recompute; a paged KV cache
 once day 31 is finished; CUDA graphs for the decode step once day 23 is finished and a GPU is
-present; speculative decoding when asked for (`speculative="ngram"`, shared/engine/speculative.py)
+present; speculative decoding when asked for (`speculative="ngram"`, or `"draft"` with a draft
+model: `draft_layers=L` of the target's own or `draft_model=DIR`; shared/engine/speculative.py)
 once day 35 is finished. The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
@@ -25,7 +26,7 @@ from shared.engine.decode_loop import generate_async
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
-from shared.engine.speculative import DEFAULT_K, SpecStats, Speculator, check_options
+from shared.engine.speculative import DEFAULT_K, SpecStats, Speculator, check_draft, check_options, load_draft
 
 
 @dataclass
@@ -48,19 +49,23 @@ class Engine:
                  use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
                  graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
                  num_blocks: int | None = None, async_decode: bool | None = None,
-                 speculative: str | None = None, spec_k: int = DEFAULT_K):
+                 speculative: str | None = None, spec_k: int = DEFAULT_K, draft_layers: int | None = None,
+                 draft_model: str | None = None):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
         self.on_gpu = not gpu.SIM
         self.reference_only = self.caps.reference_only
-        if speculative is not None:            # one line before the model loads
+        check_draft(speculative, draft_layers, draft_model)    # one line before the model loads
+        if speculative is not None:
             check_options(speculative, spec_k)
             if use_cache is False or not self.caps.cache:
                 raise ValueError("speculative decoding needs the KV cache: drop --no-cache (and finish day 20 on a GPU)")
             if not (self.reference_only or registry.has_feature("speculative", self.track)):
                 raise ValueError(f"speculative decoding needs a finished day 35 on the {self.track} track")
         self.speculative, self.spec_k = speculative, spec_k     # None: plain decoding
+        self.draft_layers, self.draft_model = draft_layers, draft_model   # speculative="draft" (day 36)
+        self._draft = None                     # ((draft_layers, draft_model), the draft's weights)
         self._speculator: Speculator | None = None
         if self.reference_only:
             from shared import reference
@@ -89,6 +94,8 @@ class Engine:
         self.block_size, self.num_blocks = block_size, num_blocks    # num_blocks None: sized like the static cache
         self.async_decode = async_decode       # None: with the graphs (shared/engine/decode_loop.py)
         self.max_seq = min(max_seq or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        if speculative == "draft":
+            self.draft_weights()               # a depth out of range or another vocabulary: one line now
         self._runners: dict = {}
         self.stats = Stats()
 
@@ -96,8 +103,25 @@ class Engine:
         """What the engine runs on now (its modes may differ from the track's capabilities)."""
         now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs,
                       paged=self.use_cache and self.use_paged)
-        spec = f", speculative {self.speculative} (K={self.spec_k})" if self.speculative else ""
+        spec = f", speculative {self.speculative} (K={self.spec_k}{self._describe_draft()})" if self.speculative else ""
         return now.describe(str(self.dtype).removeprefix("torch.")) + spec
+
+    def _describe_draft(self) -> str:
+        if self.speculative != "draft":
+            return ""
+        n = self.draft_weights().config.num_layers
+        return f", draft {n} of {self.config.num_layers} layers" if self.draft_model is None else \
+            f", draft model {self.draft_model}, {n} layers"
+
+    def draft_weights(self):
+        """The draft model's weights for speculative="draft", loaded once per (draft_layers,
+        draft_model): a self-draft shares the target's tensors (shared/engine/speculative.py)."""
+        key = (self.draft_layers, self.draft_model)
+        if self._draft is None or self._draft[0] != key:
+            check_draft("draft", *key)
+            self._draft = key, load_draft(self.ops, self.weights, self.model_dir, draft_layers=self.draft_layers,
+                                          draft_model=self.draft_model, dtype=self.dtype, device=self.device)
+        return self._draft[1]
 
     def runner(self, max_len: int) -> ModelRunner:
         """One runner per mode, kept across generations so its buffers and graphs are reused.
@@ -158,9 +182,12 @@ class Engine:
     def speculator(self, runner: ModelRunner) -> Speculator:
         """The runner's Verifier (buffers, graphs) and drafter, kept across generations."""
         sp = self._speculator
-        if sp is None or sp.runner is not runner or (sp.method, sp.k) != (self.speculative, self.spec_k):
+        draft = self.draft_weights() if self.speculative == "draft" else None
+        if (sp is None or sp.runner is not runner or (sp.method, sp.k) != (self.speculative, self.spec_k)
+                or sp.draft_weights is not draft):
             sp = self._speculator = Speculator(self.ops, runner, self.speculative, self.spec_k,
-                                               graphs_cls=self.ops.DecodeGraphs if runner.graphs is not None else None)
+                                               graphs_cls=self.ops.DecodeGraphs if runner.graphs is not None else None,
+                                               draft_weights=draft)
         return sp
 
     def _run(self, seq: Sequence) -> Iterator[int]:

@@ -2,17 +2,24 @@
 rolls back what the target rejected.
 
 The loop itself is the track's `speculative` (day 35, else shared/reference/speculative.py); this
-file gives it its parts: the drafter by name (`ngram`: day 34's `ngram_draft`), day 33's Verifier
-on the runner's cache (graphed like the decode step when the engine uses graphs), the greedy pick
-the plain loop uses (the track's `sample` at temperature 0, so ties break the same way), and the
-counters the footer reports. With greedy decoding the tokens are plain decoding's.
+file gives it its parts: the drafter by name (`ngram`: day 34's `ngram_draft`; `draft`: day 36's
+`ModelDraft`, a draft model on its own runner and static cache, graphed like the target), day
+33's Verifier on the runner's cache (graphed like the decode step when the engine uses graphs),
+the greedy pick the plain loop uses (the track's `sample` at temperature 0, so ties break the
+same way), and the counters the footer reports. With greedy decoding the tokens are plain
+decoding's.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
-METHODS = ("ngram",)        # day 36 adds a draft model
+from shared.engine.attention import StaticCache
+from shared.engine.runner import ModelRunner
+
+METHODS = ("ngram", "draft")   # draft: a draft model (day 36), the target's first layers or --draft-model
 DEFAULT_K = 4               # drafted tokens per target step
 MAX_K = 16                  # one graph per K + 1 (and length bucket); day 11's skinny linear covers T <= 64
 
@@ -23,6 +30,62 @@ def check_options(method: str | None, k: int) -> None:
         raise ValueError(f"unknown speculative method {method!r}: use one of {', '.join(METHODS)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ValueError(f"spec_k (--spec-k, tokens drafted per target step) must be an integer in 1..{MAX_K}, got {k}")
+
+
+def check_draft(method: str | None, draft_layers: int | None = None, draft_model=None) -> None:
+    """One line for draft options the engine cannot use, before any model loads (the depth is
+    checked against the model in load_draft)."""
+    if method != "draft":
+        if draft_layers is not None or draft_model is not None:
+            raise ValueError("draft_layers and draft_model (--draft-layers, --draft-model) go with "
+                             "speculative='draft' (--speculative draft)")
+        return
+    if draft_layers is None and draft_model is None:
+        raise ValueError("speculative='draft' needs a draft: draft_layers=L, the target's first L layers "
+                         "(--draft-layers L), or draft_model=DIR, a smaller Llama with its tokenizer (--draft-model DIR)")
+    if draft_layers is not None and (isinstance(draft_layers, bool) or not isinstance(draft_layers, int)
+                                     or draft_layers < 1):
+        raise ValueError(f"draft_layers (--draft-layers) must be an integer >= 1, got {draft_layers!r}")
+    if draft_model is not None and not (Path(draft_model).expanduser() / "config.json").is_file():
+        raise ValueError(f"draft model {str(draft_model)!r}: no config.json there -- give an HF Llama folder "
+                         "that uses the target's tokenizer (--draft-model DIR)")
+
+
+def _vocabulary(model_dir: Path):
+    """The tokenizer's token -> id table and special tokens, to compare a draft with its target."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    return tok.get("model", {}).get("vocab"), [(t.get("id"), t.get("content")) for t in tok.get("added_tokens", [])]
+
+
+def load_draft(ops, target, target_dir, *, draft_layers: int | None, draft_model, dtype, device):
+    """The draft's weights: the target's first draft_layers layers + its final norm and head (a
+    self-draft, sharing the target's tensors), or the HF Llama folder draft_model (its first
+    draft_layers layers when given), refused in one line unless it has the target's vocabulary."""
+    base, what = target, "the target"
+    if draft_model is not None:
+        path = Path(draft_model).expanduser()
+        what, vocab = f"the draft model {path}", target.config.vocab_size
+        config = ops.load_config(path)
+        if config.vocab_size != vocab:
+            raise ValueError(f"draft model {path}: a vocabulary of {config.vocab_size} tokens, the target's has {vocab}: "
+                             "a draft must use the target's tokenizer")
+        mine = _vocabulary(path)
+        if mine is None:
+            raise ValueError(f"draft model {path}: no tokenizer.json to check against the target's: a draft must "
+                             "use the target's tokenizer")
+        if mine != _vocabulary(Path(target_dir)):
+            raise ValueError(f"draft model {path}: its tokenizer.json differs from the target's ({target_dir}): "
+                             "a draft must use the target's tokenizer")
+        base = ops.load_model(path, dtype=dtype, device=device)
+        base.inv_freq = ops.rope_frequencies(base.config).to(device)
+    n = len(base.layers)
+    layers = n if draft_layers is None else draft_layers
+    if not 1 <= layers <= n:
+        raise ValueError(f"draft_layers (--draft-layers) {layers} is out of range: {what} has {n} layers, use 1..{n}")
+    return base if base is not target and layers == n else ops.self_draft(base, layers)
 
 
 @dataclass
@@ -51,11 +114,19 @@ class SpecStats:
 class Speculator:
     """One per runner and K: the Verifier's fixed buffers and graphs live as long as the runner."""
 
-    def __init__(self, ops, runner, method: str, k: int, graphs_cls=None):
+    def __init__(self, ops, runner, method: str, k: int, graphs_cls=None, draft_weights=None):
         check_options(method, k)
         self.ops, self.runner, self.method, self.k = ops, runner, method, k
         self.verifier = ops.Verifier(runner, max_k=k, graphs_cls=graphs_cls)
-        self.draft = ops.ngram_draft
+        self.draft_weights = draft_weights
+        if method == "draft":              # the draft model: its own runner, static cache and graphs
+            if draft_weights is None:
+                raise ValueError("speculative='draft' needs the draft's weights (load_draft)")
+            cache = StaticCache(ops, draft_weights.config, runner.backend.max_len, draft_weights.dtype, runner.device)
+            self.draft_runner = ModelRunner(ops, draft_weights, cache, runner.device, graphs_cls=graphs_cls)
+            self.draft = ops.ModelDraft(self.draft_runner, max_k=k)
+        else:
+            self.draft = ops.ngram_draft
 
     def generate(self, prompt_ids: list[int], *, max_new_tokens: int, eos_token_ids: Iterable[int],
                  stats: SpecStats) -> Iterator[int]:

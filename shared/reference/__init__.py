@@ -16,8 +16,11 @@ from shared.reference.benchmark import benchmark
 from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
+from shared.reference.model_draft import ModelDraft, model_draft, self_draft
 from shared.reference.quant import dequantize, quantize_int8
+from shared.reference.quant import linear_w8a16
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
+from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
@@ -26,5 +29,8 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
            "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
            "verify", "Verifier", "ngram_draft", "speculative", "spec_sample", "sample_probs",
+           "model_draft", "ModelDraft", "self_draft",
            "quantize_int8", "dequantize",
-           "BatchedPagedCache", "BatchDecoder", "forward_batch"]
+           "linear_w8a16",
+           "BatchedPagedCache", "BatchDecoder", "forward_batch",
+           "Scheduler", "generate_all", "Request", "StepOutput"]

@@ -23,7 +23,7 @@ import torch
 
 from shared.quant import QuantWeight, check_finite, check_quantize_args, dequantize
 
-__all__ = ["quantize_int8", "dequantize"]
+__all__ = ["quantize_int8", "dequantize", "linear_w8a16"]
 
 
 def _div(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -59,3 +59,9 @@ def quantize_int8(w: torch.Tensor, *, scheme: str = "symmetric", granularity: st
         zero = zero.to(torch.int8)
     return QuantWeight(q.view(out, cols).to(torch.int8), scale.contiguous(), zero, gs, scheme, granularity,
                        w.dtype)
+
+
+def linear_w8a16(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
+    """Day 41's oracle: x [T, in] (fp16/fp32) @ dequantize(w).T in float32, rounded once to x's
+    dtype -- what `linear(x, w)` computes for a QuantWeight (the kernels sum in another order)."""
+    return (x.float() @ dequantize(w, torch.float32).T).to(x.dtype)
