@@ -474,3 +474,17 @@ def test_bench_w8a16_vs_fp16_gemv(day, device):
     record_bench("day41_w8a16_vs_fp16_gemv_llama_1b", result)
     assert not slow, ("the int8 GEMV is not enough faster than the fp16 one on " + "; ".join(slow)
                       + " -- see the lesson's 'What to measure': 16-byte loads of q, two in flight per lane")
+
+
+def test_the_cpu_reference_takes_a_quantweight_too():
+    """The engine's CPU path (shared/reference's linear) dispatches on the weight's type like day 41,
+    so a learner without a GPU can compare quantized outputs: the same oracle, not a second rule."""
+    w = randn(9, 48, seed=41)
+    x = randn(3, 48, seed=42)
+    for scheme in ("symmetric", "asymmetric"):
+        q = ref.quantize_int8(w, scheme=scheme, granularity="group", group_size=16)
+        got = ref.linear(x, q)
+        want = (x.double() @ dequantize(q, torch.float32).double().T).float()
+        assert got.shape == (3, 9) and torch.allclose(got, want, atol=1e-5, rtol=1e-5), \
+            f"reference.linear(x, QuantWeight {scheme}) differs from dequantize-then-matmul"
+    assert torch.equal(ref.linear(x, w), x @ w.T), "reference.linear on a plain tensor changed"

@@ -11,6 +11,7 @@ import math
 import torch
 
 from shared.config import ModelConfig
+from shared.quant import QuantWeight
 
 
 # ---- Phase 0 ---------------------------------------------------------------------------------
@@ -71,8 +72,12 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """y = x @ w.T; x [T, in], w [out, in] -> [T, out]. No bias (Llama has none)."""
+def linear(x: torch.Tensor, w) -> torch.Tensor:
+    """y = x @ w.T; x [T, in], w [out, in] -> [T, out]. No bias (Llama has none). w may be a
+    QuantWeight (days 40-41): then day 41's oracle, dequantize and multiply in float32."""
+    if isinstance(w, QuantWeight):
+        from shared.reference.quant import linear_w8a16
+        return linear_w8a16(x, w)
     return matmul(x, w)
 
 
