@@ -1,5 +1,5 @@
 """Vector loads and warp shuffles given to the learner (day 11's GEMV, days 27 and 30's decode
-attention), so one kernel runs in both tiers.
+attention, day 41's int8 GEMV), so one kernel runs in both tiers.
 
 - `load8(a, row, k)`: a[row, k : k + 8] as eight float32 values, element by element: eight
   independent loads, any alignment, any strides.
@@ -8,6 +8,12 @@ attention), so one kernel runs in both tiers.
   vector loads of array elements, so this is a small `@intrinsic`: it asks LLVM for a
   16-byte-aligned load of four 32-bit words (PTX `ld.global.v4.u32`) and splits each word into
   its two halves. In the simulator it is `load8`.
+- `load16(q, row, k)` / `load16_wide(q, row, k)` (day 41): 16 int8 weights as 16 float32 values,
+  element by element / from ONE 16-byte load (same alignment rule; `load16` in the simulator).
+  A byte becomes a float without a conversion instruction (those run at a quarter of the FMA rate
+  or less, too slow for an H200's memory): flip its sign bit (q ^ 0x80 is the unsigned q + 128),
+  put it under the exponent of 2^23 (0x4B000000 | byte is the float 2^23 + q + 128, exact) and
+  subtract 2^23 + 128: exactly q. Lesson: notes/day_41_w8a16_gemv.md, "A warp's loads".
 - `shfl_down(v, offset)`: `cuda.shfl_down_sync` over the full warp on a GPU. The simulator has no
   warp shuffles; there it passes values through shared memory, so EVERY thread of the block
   must call it (it contains barriers).
@@ -32,8 +38,19 @@ def load8(a, row, k):
             float32(a[row, k + 4]), float32(a[row, k + 5]), float32(a[row, k + 6]), float32(a[row, k + 7]))
 
 
+@cuda.jit(device=True)
+def load16(a, row, k):
+    """a[row, k : k + 16] as float32, element by element (the int8 values, signed)."""
+    return (float32(a[row, k]), float32(a[row, k + 1]), float32(a[row, k + 2]), float32(a[row, k + 3]),
+            float32(a[row, k + 4]), float32(a[row, k + 5]), float32(a[row, k + 6]), float32(a[row, k + 7]),
+            float32(a[row, k + 8]), float32(a[row, k + 9]), float32(a[row, k + 10]), float32(a[row, k + 11]),
+            float32(a[row, k + 12]), float32(a[row, k + 13]), float32(a[row, k + 14]), float32(a[row, k + 15]))
+
+
+
 if gpu.SIM:
     load8_wide = load8                      # the simulator has no vector loads
+    load16_wide = load16
 
     import threading
     _first_use = threading.Lock()
@@ -97,6 +114,36 @@ else:
                         raw = builder.trunc(raw, ir.IntType(bits)) if bits < 32 else raw
                         value = builder.bitcast(raw, context.get_value_type(aty.dtype))
                         values.append(context.cast(builder, value, aty.dtype, types.float32))
+            return context.make_tuple(builder, sig.return_type, values)
+
+        return sig, codegen
+
+    SIGN_BITS = 0x80808080 - (1 << 32)      # 0x80808080 as a signed 32-bit constant
+    MAGIC = 0x4B000000                      # the bits of the float 2^23
+    OFFSET = float(2 ** 23 + 128)
+
+    @intrinsic
+    def load16_wide(typingctx, a, row, k):
+        """a[row, k : k + 16] (int8) as one 16-byte load of four 32-bit words, unpacked to float32."""
+        if not isinstance(a, types.Array) or a.dtype != types.int8:
+            return None
+        sig = types.UniTuple(types.float32, 16)(a, row, k)
+
+        def codegen(context, builder, sig, args):
+            aty = sig.args[0]
+            arr = context.make_array(aty)(context, builder, args[0])
+            idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
+            ptr = cgutils.get_item_pointer(context, builder, aty, arr, idx, wraparound=False)
+            i32, f32 = ir.IntType(32), ir.FloatType()
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(i32, 4).as_pointer()), align=16)
+            values = []
+            for j in range(4):
+                word = builder.xor(builder.extract_element(vec, ir.Constant(i32, j)), ir.Constant(i32, SIGN_BITS))
+                for shift in (0, 8, 16, 24):        # the lowest byte first: the GPU is little-endian
+                    byte = builder.lshr(word, ir.Constant(i32, shift)) if shift else word
+                    byte = builder.and_(byte, ir.Constant(i32, 0xFF))
+                    bits = builder.or_(byte, ir.Constant(i32, MAGIC))
+                    values.append(builder.fsub(builder.bitcast(bits, f32), ir.Constant(f32, OFFSET)))
             return context.make_tuple(builder, sig.return_type, values)
 
         return sig, codegen

@@ -20,8 +20,7 @@ from shared.quant import QuantWeight
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-from shared.runtime.vector_loads import load8, load8_wide, shfl_down
-from .int8_loads import load16, load16_wide
+from shared.runtime.vector_loads import load8, load8_wide, load16, load16_wide, shfl_down
 
 DAY = 41
 WARP = 32
