@@ -86,6 +86,16 @@ def _day_17(m, device):
     m.sample(x, 0.8, 50, 0.9, torch.Generator(device=device).manual_seed(0), block_size=64)   # Gumbel
 
 
+def _day_41(m, device):
+    torch, randn = _tensors(device)
+    from shared.reference import quantize_int8
+    w = quantize_int8(randn(6, 1024), scheme="asymmetric", granularity="group", group_size=32)
+    x = randn(5, 1024, dtype=torch.float16)
+    m.linear(x[:1], w, block_size=64)                   # GEMV: warps share a row, partials in shared memory
+    m.linear(x, w, path="skinny", block_size=64)        # skinny: T = 5 tokens
+    m.linear(randn(19, 200), quantize_int8(randn(7, 200)), path="gemm")   # tiled GEMM, ragged tiles
+
+
 def _day_54(m, device):
     torch, randn = _tensors(device)
     h = randn(2, 200, dtype=torch.float16)
@@ -145,7 +155,7 @@ def _day_30(m, device):
 
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30, 54: _day_54}
+             27: _day_27, 30: _day_30, 41: _day_41, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:
