@@ -410,7 +410,8 @@ def test_at_most_two_syncs_per_call_on_the_gpu(day, device):
                 day.spec_sample(p, q, drafts, g)
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+        syncs = [str(w.message).splitlines()[0] for w in caught          # not the mode's own "prototype" notice
+                 if "called a synchronizing" in str(w.message).lower()]
         assert len(syncs) <= 2, f"K={k}: {len(syncs)} synchronising calls, at most 2 expected: {syncs}"
 
 

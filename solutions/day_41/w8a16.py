@@ -30,6 +30,7 @@ BUSY_WARPS = 4096    # GEMV: split short matrices' rows over more warps until ab
 GROUP = 16           # skinny: tokens per block, one fp32 sum each per lane
 SKINNY_MAX_T = 16    # "auto": 2 <= T <= this takes the skinny kernel (w read once), more the tiled GEMM
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T   # the simulator: as day 11, the GEMM for T > 1
+SKINNY_MAX_BLOCK = 256   # skinny: the largest block that launches on the H100 (1024 failed: out of resources)
 TILE = 16            # GEMM: a TILE x TILE block computes a TILE x TILE tile of y
 TILE_PAD = TILE + 1
 PATHS = ("auto", "gemv", "skinny", "gemm")
@@ -285,8 +286,10 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
         gpu.launch(gemm_kernel, (gpu.cdiv(N, TILE), gpu.cdiv(T, TILE)), (TILE, TILE),
                    x, q, scale, zero, asym, w.group_size, out, T, N, K)
         return out
+    if path == "skinny":                  # GROUP fp32 sums per lane: more than 256 threads run out of registers
+        block_size = min(block_size, SKINNY_MAX_BLOCK)
     warps = block_size // WARP
-    split = warps_per_row or warps_per_row_for(N, K, warps)
+    split = min(warps_per_row or warps_per_row_for(N, K, warps), warps)
     # 16-byte loads need every row of q, and of x, to start on a 16-byte boundary
     wide = (x.is_contiguous() and q.is_contiguous() and K % VEC == 0
             and x.data_ptr() % 16 == 0 and q.data_ptr() % 16 == 0)
