@@ -528,3 +528,208 @@ def test_the_engines_batch_runner_uses_your_classes(day, bops, table, weights, d
     assert runner.blocks_to_decode([0, 1, 2]) == 2, "sequences 0 (4 tokens) and 2 (8) start a block with their next token"
     fleet.step([0, 1, 2], "through BatchRunner")
     assert [runner.length(s) for s in (0, 1, 2)] == [5, 4, 9]
+
+
+# ---- the skinny linear on tensor cores (skinny_linear.py) ---------------------------------------
+# Sim tier: path="mma" by name (the simulator's "auto" leaves every T to the previous day: see
+# AUTO_SKINNY_MAX_T), odd T, N and K, several blocks and K splits; dispatch to the previous linear;
+# nothing written past the output; bad input in one line. GPU: the 1B shapes at T = 2..64 under
+# "auto", and a verify of 5 tokens against one token's GEMV.
+
+# (T, K, N, block_size, warps_per_row): one tile of 8 tokens and of 16 rows, ragged rows and tokens,
+# K split over 2 and 4 warps (with a last step that has one chunk, or none, of its own), 2 and 5 tiles
+MMA_CASES = [(2, 64, 17, 32, None), (5, 96, 40, 64, 2), (8, 32, 16, 32, 1), (9, 160, 33, 128, 4),
+             (17, 64, 23, 64, 1), (33, 96, 16, 64, 2)]
+LLAMA_1B_LINEARS = [(2048, 3072), (2048, 2048), (2048, 16384), (8192, 2048)]   # (in, out): qkv, o, gate_up, down
+VERIFY_T, VERIFY_RATIO = 5, 1.3    # a K = 4 verify must cost at most 1.3x one token (issue 14's target)
+
+
+def skinny_inputs(T, K, N, device, seed, dtype=torch.float16):
+    from shared.course.testing import randn
+    x = randn(T, K, seed=seed, dtype=dtype, device=device)
+    w = randn(N, K, seed=seed + 1, scale=K ** -0.5, dtype=dtype, device=device)
+    return x, w
+
+
+def check_linear(day, x, w, what, **kwargs):
+    from shared.course.testing import tol
+    out = day.linear(x, w, **kwargs)
+    assert out.dtype == x.dtype and out.shape == (x.shape[0], w.shape[0]), \
+        f"{what}: linear must return [T, out] = {(x.shape[0], w.shape[0])} in {x.dtype}, got {tuple(out.shape)} {out.dtype}"
+    assert_close(out, reference.linear(x, w), what, **tol(x.dtype, scale=2))
+    return out
+
+
+@pytest.mark.parametrize("T,K,N,block_size,wpr", MMA_CASES, ids=[f"T{c[0]}-K{c[1]}-N{c[2]}-b{c[3]}-s{c[4]}" for c in MMA_CASES])
+def test_mma_linear_equals_reference(day, device, T, K, N, block_size, wpr):
+    """Every token's row of x against every row of w, whatever the tile boundaries: tokens past T and
+    rows past N inside a tile, K split over warps, more than one group of 32 tokens."""
+    x, w = skinny_inputs(T, K, N, device, seed=T * 100 + K)
+    check_linear(day, x, w, f"linear path='mma' T={T} K={K} N={N} block_size={block_size} warps_per_row={wpr}",
+                 path="mma", block_size=block_size, warps_per_row=wpr)
+
+
+def test_mma_uses_each_tokens_own_row_and_every_column(day, device):
+    """One token zero except one column, the others random: a mix-up of tokens, of columns between
+    A and B, or a chunk left out shows in that token's row."""
+    T, K, N = 6, 96, 20
+    x, w = skinny_inputs(T, K, N, device, seed=7)
+    for col in (0, 37, 95):
+        x1 = x.clone()
+        x1[3] = 0
+        x1[3, col] = 1
+        out = check_linear(day, x1, w, f"linear path='mma', token 3 = column {col} only", path="mma",
+                           block_size=64, warps_per_row=2)
+        assert_close(out[3], w[:, col], f"linear path='mma': token 3 (one-hot at column {col}) must give w[:, {col}]",
+                     atol=1e-3, rtol=1e-3)
+
+
+def test_mma_writes_only_its_tokens_and_rows(day, device, monkeypatch):
+    """T = 3 (a tile has room for 8) and N = 5 (a tile has 16 rows): nothing may be written past the
+    output; torch.empty hands out a NaN guard band right behind it."""
+    import math
+    real_empty, bands = torch.empty, []
+
+    def empty_with_guard_band(*size, **kwargs):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size
+        n = math.prod(shape)
+        buf = poison_(real_empty(n + 256, **kwargs))
+        bands.append(buf[n:])
+        return buf[:n].view(shape)
+
+    x, w = skinny_inputs(3, 64, 5, device, seed=11)
+    monkeypatch.setattr(torch, "empty", empty_with_guard_band)
+    check_linear(day, x, w, "linear path='mma' T=3 N=5", path="mma", block_size=64, warps_per_row=1)
+    monkeypatch.undo()
+    for band in bands:
+        assert torch.isnan(band).all(), "linear path='mma' T=3 N=5: wrote past the end of the output"
+
+
+@pytest.mark.parametrize("case", ["fp32", "one_token", "unaligned", "K_not_32", "path_gemm"])
+def test_what_the_tensor_cores_do_not_take_goes_to_the_previous_linear(day, track, device, case):
+    """fp32, T = 1, rows off a 16-byte boundary, in % 32 != 0 and any other path go to the linear of
+    the previous day that provides it (day 41 -> day 11 on a finished track), with the same result."""
+    from shared.course.registry import resolve_before
+    prev = resolve_before("linear", track, 48)
+    T, K, dtype, kwargs = 5, 64, torch.float16, {}
+    if case == "fp32":
+        dtype = torch.float32
+    elif case == "one_token":
+        T = 1
+    elif case == "K_not_32":
+        K = 40
+    elif case == "path_gemm":
+        kwargs = dict(path="gemm")
+    x, w = skinny_inputs(T, K, 24, device, seed=5, dtype=dtype)
+    if case == "unaligned":
+        x = torch.cat([x.new_zeros(1), x.flatten()])[1:].view(T, K)   # 2 bytes past a 16-byte boundary
+    got = day.linear(x, w, **kwargs)
+    want = prev(x, w, **kwargs) if kwargs else prev(x, w)
+    assert torch.equal(got, want), f"linear ({case}): must be the previous linear's result, exactly"
+
+
+def test_quant_weights_go_to_day_41(day, device):
+    """A QuantWeight is not a tensor: day 41's int8 kernels (or the reference), not the tensor cores."""
+    from shared.course.testing import tol
+    q = reference.quantize_int8(skinny_inputs(1, 64, 24, device, seed=3)[1].float(), granularity="channel")
+    x = skinny_inputs(4, 64, 24, device, seed=4, dtype=torch.float32)[0]
+    assert_close(day.linear(x, q), x @ reference.dequantize(q).T, "linear(x, QuantWeight)", **tol(torch.float32, scale=4))
+
+
+@pytest.mark.parametrize("case", ["fp32_forced", "K_not_32_forced", "block_512", "block_48", "wpr_3", "wpr_8_of_4"])
+def test_bad_options_are_one_line(day, device, case):
+    T, K, dtype, kwargs = 5, 64, torch.float16, dict(path="mma")
+    if case == "fp32_forced":
+        dtype = torch.float32
+    elif case == "K_not_32_forced":
+        K = 40
+    elif case in ("block_512", "block_48"):
+        kwargs["block_size"] = int(case.split("_")[1])
+    else:
+        kwargs.update(block_size=128, warps_per_row=int(case.split("_")[1]))
+    x, w = skinny_inputs(T, K, 24, device, seed=1, dtype=dtype)
+    with pytest.raises(ValueError) as e:
+        day.linear(x, w, **kwargs)
+    assert "\n" not in str(e.value), f"linear {kwargs} ({case}): the ValueError must be one line, got: {e.value}"
+
+
+def test_mma_linear_reads_nothing_back(day, device):
+    x, w = skinny_inputs(5, 64, 24, device, seed=2)
+    with no_host_reads():
+        day.linear(x, w, path="mma", block_size=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [2, 5, 8, 16, 33, 64])
+@pytest.mark.parametrize("block_size,wpr", [(128, None), (64, 2), (256, 8)])
+def test_gpu_auto_takes_the_tensor_cores_on_1b_shapes(day, device, T, block_size, wpr, monkeypatch):
+    """"auto" at 2 <= T <= 64 on the 1B layer shapes launches the tensor-core kernel (one launch) and
+    equals the reference; launch configurations from a warp per tile to 8 warps splitting K."""
+    from shared.runtime import gpu
+    launched, real = [], gpu.launch
+    monkeypatch.setattr(gpu, "launch", lambda kernel, *a, **k: (launched.append(kernel), real(kernel, *a, **k))[1])
+    for K, N in LLAMA_1B_LINEARS:
+        x, w = skinny_inputs(T, K, N, device, seed=T + K + N)
+        launched.clear()
+        check_linear(day, x, w, f"linear T={T} {K}->{N} block_size={block_size} warps_per_row={wpr}",
+                     block_size=block_size, warps_per_row=wpr)
+        names = [getattr(k, "__name__", "") or getattr(getattr(k, "py_func", None), "__name__", "") for k in launched]
+        assert len(launched) == 1 and "mma" in names[0], \
+            f"linear T={T} {K}->{N}: expected one launch of the tensor-core kernel, got {names}"
+
+
+@pytest.mark.gpu
+def test_gpu_mma_linear_in_a_graph(day, device):
+    """Captured in a CUDA graph (the batched decode step is) and replayed on new x: equals eager."""
+    x, w = skinny_inputs(7, 2048, 512, device, seed=9)
+    out = day.linear(x, w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = day.linear(x, w)
+    x.copy_(skinny_inputs(7, 2048, 512, device, seed=10)[0])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(out, day.linear(x, w), "linear T=7 replayed from a CUDA graph vs eager", atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.bench
+def test_bench_verify_tokens_cost_about_one_token(day, track, device):
+    """T = 5 (a K = 4 verify) and T = 16, 64 (batched decode) through the 1B layer shapes, fp16,
+    weights cold in L2: your linear at T vs the previous day's at T = 1 (the GEMV), same run. Fails
+    if T = 5 costs more than VERIFY_RATIO x one token on any shape (issue 14's target)."""
+    import math
+    from shared.course.registry import resolve_before
+    from shared.course.testing import cuda_time_ms
+    prev = resolve_before("linear", track, 48)
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    result, slow = {"device": torch.cuda.get_device_name(), "previous_linear": prev.__module__}, []
+    for K, N in LLAMA_1B_LINEARS:
+        x1, w = skinny_inputs(1, K, N, device, seed=K + N)
+        n = max(2, math.ceil(3 * l2 / (w.numel() * 2)))
+        ws = [w] + [w.clone() for _ in range(n - 1)]
+        ws = [ws[i % n] for i in range(max(n, 24))]
+
+        def per_call(fn):
+            fn(ws[0])
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for wi in ws:
+                    fn(wi)
+            return cuda_time_ms(graph.replay, 10) / len(ws) * 1e3
+
+        row = {"T1_previous_us": round(per_call(lambda wi: prev(x1, wi)), 2)}
+        for T in (VERIFY_T, 16, 64):
+            xt = skinny_inputs(T, K, N, device, seed=T)[0]
+            check_linear(day, xt, w, f"linear bench T={T} {K}->{N}")
+            row[f"T{T}_us"] = round(per_call(lambda wi: day.linear(xt, wi)), 2)
+            row[f"T{T}_torch_us"] = round(per_call(lambda wi: xt @ wi.T), 2)
+            row[f"T{T}_over_T1"] = round(row[f"T{T}_us"] / row["T1_previous_us"], 2)
+        result[f"{K}->{N}"] = row
+        if row[f"T{VERIFY_T}_over_T1"] > VERIFY_RATIO:
+            slow.append(f"{K}->{N}: T={VERIFY_T} {row[f'T{VERIFY_T}_us']} us vs T=1 {row['T1_previous_us']} us")
+    record_bench("day_48_skinny_linear_llama_1b", result)
+    assert not slow, (f"T={VERIFY_T} costs more than {VERIFY_RATIO}x one token on " + "; ".join(slow)
+                      + " -- see the lesson's 'Making it fast': w read once, the math on tensor cores")

@@ -81,6 +81,15 @@ def resolve(name: str, track: str | None = None):
     return getattr(day_module(src.day, track), name)
 
 
+def resolve_before(name: str, track: str, day: int):
+    """`resolve`'s rule with days >= `day` left out: the implementation a day takes over from
+    (day 41's linear hands plain tensors to day 11's; day 48's hands what its tensor cores do not
+    take to day 41's). Resolved on every call: a dictionary lookup and a set, no imports after the first."""
+    done = finished(track)
+    days = [d.number for d in syllabus.days() if name in d.provides and d.number < day and d.number in done]
+    return getattr(day_module(max(days), track), name) if days else reference(name)
+
+
 def all_names() -> list[str]:
     seen: list[str] = []
     for d in syllabus.days():

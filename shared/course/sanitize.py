@@ -96,6 +96,13 @@ def _day_41(m, device):
     m.linear(randn(19, 200), quantize_int8(randn(7, 200)), path="gemm")   # tiled GEMM, ragged tiles
 
 
+def _day_48(m, device):
+    torch, randn = _tensors(device)
+    h = torch.float16                                 # the tensor-core skinny linear: split-K sums in shared memory
+    m.linear(randn(5, 256, dtype=h), randn(40, 256, dtype=h), path="mma", block_size=128, warps_per_row=4)
+    m.linear(randn(37, 96, dtype=h), randn(23, 96, dtype=h), path="mma", block_size=64, warps_per_row=2)
+
+
 def _day_54(m, device):
     torch, randn = _tensors(device)
     h = randn(2, 200, dtype=torch.float16)
@@ -155,7 +162,7 @@ def _day_30(m, device):
 
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30, 41: _day_41, 54: _day_54}
+             27: _day_27, 30: _day_30, 41: _day_41, 48: _day_48, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:
