@@ -537,9 +537,10 @@ def test_the_engines_batch_runner_uses_your_classes(day, bops, table, weights, d
 # "auto", and a verify of 5 tokens against one token's GEMV.
 
 # (T, K, N, block_size, warps_per_row): one tile of 8 tokens and of 16 rows, ragged rows and tokens,
-# K split over 2 and 4 warps (with a last step that has one chunk, or none, of its own), 2 and 5 tiles
+# K split over 2 and 4 warps (with a last step that has one chunk, or none, of its own), 2 and 5 tiles,
+# a step of four whole chunks (K = 128, one warp) and two steps, the second partial (K = 320, two warps)
 MMA_CASES = [(2, 64, 17, 32, None), (5, 96, 40, 64, 2), (8, 32, 16, 32, 1), (9, 160, 33, 128, 4),
-             (17, 64, 23, 64, 1), (33, 96, 16, 64, 2)]
+             (17, 64, 23, 64, 1), (33, 96, 16, 64, 2), (3, 128, 20, 32, 1), (4, 320, 18, 64, 2)]
 LLAMA_1B_LINEARS = [(2048, 3072), (2048, 2048), (2048, 16384), (8192, 2048)]   # (in, out): qkv, o, gate_up, down
 VERIFY_T, VERIFY_RATIO = 5, 1.3    # a K = 4 verify must cost at most 1.3x one token (issue 14's target)
 

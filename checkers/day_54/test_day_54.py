@@ -203,10 +203,11 @@ def test_norm_linear_with_identity_is_hf_rmsnorm_bit_for_bit(day, device, eps):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T,K,F,block_size", [(1, 64, 19, 32), (2, 45, 7, 64)])
+@pytest.mark.parametrize("T,K,F,block_size", [(1, 64, 19, 32), (2, 45, 7, 64), (1, 264, 3, 64)])
 def test_gated_norm_linear_is_the_swiglu(day, device, dtype, T, K, F, block_size, eps):
     """gated=True: w = [gate; up] (2F rows) and the result [T, F] is silu(gate) * up of the two
-    halves of rmsnorm(h) @ w.T -- gate first; more features than blocks x warps."""
+    halves of rmsnorm(h) @ w.T -- gate first; more features than blocks x warps; rows long enough
+    (K = 264: 33 chunks of 8) that lane 0 takes two chunks in one step and the others one alone."""
     h, nw, w = gemv_case(T, K, 2 * F, dtype, device, seed=K + F)
     y = hf_rmsnorm(h, nw, eps).float() @ w.cpu().float().T
     want = torch.nn.functional.silu(y[:, :F]) * y[:, F:]
@@ -238,7 +239,7 @@ def test_gated_rounds_gate_and_up_like_the_unfused_step(day, device, eps):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,rotated,hd,K,block_size", [(5, 3, 8, 40, 32), (4, 3, 16, 64, 64)])
+@pytest.mark.parametrize("heads,rotated,hd,K,block_size", [(5, 3, 8, 40, 32), (4, 3, 16, 64, 64), (2, 1, 8, 264, 32)])
 def test_rope_norm_linear_rotates_q_and_k_heads(day, device, dtype, heads, rotated, hd, K, block_size, eps):
     """rope=(positions, inv_freq, rotated): w is `heads` heads of hd rows (q, k, then v); the first
     `rotated` heads come out as day 12's rope would rotate them (element i with i + hd/2), the

@@ -33,7 +33,8 @@ from shared.runtime.mma import load8_pairs_wide, mma_f16
 
 DAY = 48
 WARP = 32
-CHUNK = 32           # columns of w a warp reads per step: 4 lanes x 8 per row
+CHUNK = 32           # columns of w per chunk: 4 lanes x 8 per row (one 16-byte load per lane and row)
+STEP_CHUNKS = 4      # chunks per step: 8 loads of w per lane in flight before the mmas use them
 ROWS = 16            # rows of w per warp: the A operand of one mma
 TOKENS = 8           # tokens per tile: the B operand of one mma
 MAX_TB = 4           # tiles per warp: 32 tokens; more tokens take more blocks
@@ -43,7 +44,7 @@ SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the tensor cores (on a 
 # runs each mma as Python for every thread, so there "auto" leaves every T to the previous day and the
 # checker asks for path="mma" by name, as day 11 does for its skinny kernel)
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
-BUSY_WARPS = 4096    # split K over more warps until about this many run (short matrices)
+BUSY_WARPS = 1024    # split K over more warps until about this many run (each has 4 KB of w in flight)
 PATHS = ("auto", "mma")
 TRACK = __name__.split(".")[0]      # "days" or "solutions": what this day does not take stays on this track
 
@@ -54,6 +55,27 @@ def previous_linear():
     the PyTorch reference): the registry's rule with this day left out, resolved once per process."""
     return resolve_before("linear", TRACK, DAY)
 
+
+@cuda.jit(device=True)
+def load_rows(w, ra, rb, c, chunks, tq):
+    """Chunk c of rows ra and rb: this lane's 8 columns c * CHUNK + 8 tq .. + 7 of each, as the
+    A operand's words (row g: a0 / a2, row g + 8: a1 / a3). Past the last chunk: zeros (they add
+    nothing, and every lane still runs the step)."""
+    # TODO(day 48): c < chunks: return load8_pairs_wide(w, ra, k), load8_pairs_wide(w, rb, k) with k = c * CHUNK + 8 * tq;
+    #   else two tuples of four uint32 zeros.
+    zero = (uint32(0), uint32(0), uint32(0), uint32(0))
+    return zero, zero
+
+@cuda.jit(device=True)
+def chunk_mma(wa, wb, x, tok, c, chunks, tq, d):
+    """d += (16 rows x chunk c) @ (chunk c x 8 tokens): token tok's same 8 columns as the B
+    operand, words 0, 1 into one mma and 2, 3 into the next, as the A words were. A chunk past
+    the end reads chunk 0 of x (in bounds) against zero words of w."""
+    # TODO(day 48): xv = load8_pairs_wide(x, tok, k) at the same k as load_rows (chunk 0 when c >= chunks: in
+    #   bounds, and w's zeros cancel it); then two mma_f16: A = (wa[0], wb[0], wa[1], wb[1]) with B = (xv[0], xv[1]),
+    #   then A = (wa[2], wb[2], wa[3], wb[3]) with B = (xv[2], xv[3]), C = d, and return the second result.
+    #   A's word j and B's word j must hold the SAME two columns: that is all the layout asks.
+    return d
 
 def make_kernel(TB):
     """The kernel for TB tiles of 8 tokens per warp (TB is a compile-time constant: the loops
@@ -69,14 +91,10 @@ def make_kernel(TB):
         #   = (blockIdx.x // groups) * (warps per block // split) + warp // split, part = warp % split;
         #   n0 = tile * ROWS, t0 = group * TOKENS * TB; rows ra = n0 + g and rb = n0 + g + 8, each clamped to N - 1
         #   (loaded, never stored); acc = local float32 [MAX_SUMS], the first 4 * TB set to 0.
-        # - chunks = K // CHUNK; steps = cdiv(chunks, 2 * split), the SAME for every lane of the block (the mma is
-        #   warp-wide). Step s: chunks c1 = 2 * s * split + part and c2 = c1 + split, columns k = c * CHUNK + 8 * tq;
-        #   wa, wb = load8_pairs_wide(w, ra / rb, k1) if c1 < chunks else four zero words; wc, wd the same at k2.
-        # - for each tile b < TB: tok = min(t0 + TOKENS * b + g, T - 1); xa, xb = load8_pairs_wide(x, tok, k1 / k2),
-        #   the column clamped to K - 8 (a zero chunk of w makes it count for nothing, but it must be in bounds);
-        #   four mmas into acc[4b .. 4b + 3]: (wa[0], wb[0], wa[1], wb[1]) x (xa[0], xa[1]), then (wa[2], wb[2],
-        #   wa[3], wb[3]) x (xa[2], xa[3]), then wc, wd with xb the same way. A's word j and B's word j must hold
-        #   the SAME 2 columns: that is all the layout asks.
+        # - chunks = K // CHUNK; steps = cdiv(chunks, STEP_CHUNKS * split), the SAME for every lane of the block (the
+        #   mma is warp-wide). Step s: this part's chunks c = s * STEP_CHUNKS * split + part, c + split, c + 2 split,
+        #   c + 3 split: load_rows for all four FIRST (eight loads in flight), then for each tile b < TB:
+        #   tok = min(t0 + TOKENS * b + g, T - 1), d = acc[4b .. 4b + 3], four chunk_mma, back into acc.
         # - split > 1: every part writes its 4 * TB sums to red[warp, i, lane], cuda.syncthreads(), and adds the
         #   split parts of its tile (warps warp - part .. warp - part + split - 1).
         # - part 0 stores: sums 0, 1 are row n0 + g, tokens t = t0 + 8b + 2tq and t + 1; sums 2, 3 row n0 + g + 8.
@@ -99,9 +117,9 @@ def fits(x: torch.Tensor, w) -> bool:
 
 def split_for(tiles: int, K: int, warps: int) -> int:
     """Warps per tile of rows: double while fewer than BUSY_WARPS warps run and each still has a
-    step of two chunks of its own."""
+    whole step of chunks of its own."""
     split = 1
-    while split * 2 <= warps and tiles * split < BUSY_WARPS and K >= 2 * CHUNK * (2 * split):
+    while split * 2 <= warps and tiles * split < BUSY_WARPS and K >= STEP_CHUNKS * CHUNK * (2 * split):
         split *= 2
     return split
 
@@ -113,14 +131,14 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     path None / "auto": fp16 x and w that `fits`, with 2 <= T <= SKINNY_MAX_T, take the
     tensor-core kernel (on a GPU: see AUTO_SKINNY_MAX_T); everything else (and any other path,
     with the options given) goes to the previous day's linear. path "mma" forces the tensor-core kernel for any T >= 1 (ValueError,
-    one line, if x and w do not fit). block_size: 32..256 threads, a power of two (default 128);
+    one line, if x and w do not fit). block_size: 32..256 threads, a power of two (default 256);
     warps_per_row: warps that split K for one tile of 16 rows (a power of two <= block_size / 32;
     None picks one). Nothing is read back to the host: capture-safe.
     """
     # TODO(day 48): dispatch first: path not None / "auto" / "mma" -> previous_linear()(x, w, **_options(path,
-    #   block_size, warps_per_row)); path None / "auto" with T outside 2..AUTO_SKINNY_MAX_T or not fits(x, w) -> the same
-    #   with _options(None, ...). path "mma" with x, w that do not fit: one-line ValueError.
-    # - block_size default 128, a power of two from 32 to WARP * MAX_WARPS; warps_per_row None or a power of two
+    #   block_size, warps_per_row)); path None / "auto" with T outside 2..AUTO_SKINNY_MAX_T or not fits(x, w) -> the
+    #   same with _options(None, ...). path "mma" with x, w that do not fit: one-line ValueError.
+    # - block_size default 256, a power of two from 32 to WARP * MAX_WARPS; warps_per_row None or a power of two
     #   <= block_size // 32 (one-line ValueErrors); gpu.require_device(x, w); out = torch.empty(T, N) in x's dtype
     #   (as it is when T or N is 0; zeros when K is 0).
     # - tb = 1, 2 or 4 tiles of 8 tokens (the smallest power of two covering cdiv(T, 8), at most MAX_TB);

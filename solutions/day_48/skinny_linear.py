@@ -33,7 +33,8 @@ from shared.runtime.mma import load8_pairs_wide, mma_f16
 
 DAY = 48
 WARP = 32
-CHUNK = 32           # columns of w a warp reads per step: 4 lanes x 8 per row
+CHUNK = 32           # columns of w per chunk: 4 lanes x 8 per row (one 16-byte load per lane and row)
+STEP_CHUNKS = 4      # chunks per step: 8 loads of w per lane in flight before the mmas use them
 ROWS = 16            # rows of w per warp: the A operand of one mma
 TOKENS = 8           # tokens per tile: the B operand of one mma
 MAX_TB = 4           # tiles per warp: 32 tokens; more tokens take more blocks
@@ -43,7 +44,7 @@ SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the tensor cores (on a 
 # runs each mma as Python for every thread, so there "auto" leaves every T to the previous day and the
 # checker asks for path="mma" by name, as day 11 does for its skinny kernel)
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
-BUSY_WARPS = 4096    # split K over more warps until about this many run (short matrices)
+BUSY_WARPS = 1024    # split K over more warps until about this many run (each has 4 KB of w in flight)
 PATHS = ("auto", "mma")
 TRACK = __name__.split(".")[0]      # "days" or "solutions": what this day does not take stays on this track
 
@@ -53,6 +54,27 @@ def previous_linear():
     """The `linear` this day takes over from (day 41's int8 dispatch, day 11's GEMV / GEMM, or
     the PyTorch reference): the registry's rule with this day left out, resolved once per process."""
     return resolve_before("linear", TRACK, DAY)
+
+
+@cuda.jit(device=True)
+def load_rows(w, ra, rb, c, chunks, tq):
+    """Chunk c of rows ra and rb: this lane's 8 columns c * CHUNK + 8 tq .. + 7 of each, as the
+    A operand's words (row g: a0 / a2, row g + 8: a1 / a3). Past the last chunk: zeros (they add
+    nothing, and every lane still runs the step)."""
+    if c < chunks:
+        return load8_pairs_wide(w, ra, c * CHUNK + 8 * tq), load8_pairs_wide(w, rb, c * CHUNK + 8 * tq)
+    zero = (uint32(0), uint32(0), uint32(0), uint32(0))
+    return zero, zero
+
+
+@cuda.jit(device=True)
+def chunk_mma(wa, wb, x, tok, c, chunks, tq, d):
+    """d += (16 rows x chunk c) @ (chunk c x 8 tokens): token tok's same 8 columns as the B
+    operand, words 0, 1 into one mma and 2, 3 into the next, as the A words were. A chunk past
+    the end reads chunk 0 of x (in bounds) against zero words of w."""
+    xv = load8_pairs_wide(x, tok, (c if c < chunks else 0) * CHUNK + 8 * tq)
+    d = mma_f16(wa[0], wb[0], wa[1], wb[1], xv[0], xv[1], d[0], d[1], d[2], d[3])
+    return mma_f16(wa[2], wb[2], wa[3], wb[3], xv[2], xv[3], d[0], d[1], d[2], d[3])
 
 
 def make_kernel(TB):
@@ -81,30 +103,21 @@ def make_kernel(TB):
         for i in range(4 * TB):
             acc[i] = float32(0.0)
 
-        zero = (uint32(0), uint32(0), uint32(0), uint32(0))
         chunks = K // CHUNK
-        steps = (chunks + 2 * split - 1) // (2 * split)
-        for s in range(steps):                 # two chunks per step: four 16-byte loads of w in flight
-            c1 = (2 * s) * split + part
-            c2 = c1 + split
-            k1 = c1 * CHUNK + 8 * tq
-            k2 = c2 * CHUNK + 8 * tq
-            wa, wb, wc, wd = zero, zero, zero, zero
-            if c1 < chunks:
-                wa = load8_pairs_wide(w, ra, k1)
-                wb = load8_pairs_wide(w, rb, k1)
-            if c2 < chunks:
-                wc = load8_pairs_wide(w, ra, k2)
-                wd = load8_pairs_wide(w, rb, k2)
+        steps = (chunks + STEP_CHUNKS * split - 1) // (STEP_CHUNKS * split)
+        for s in range(steps):                 # four chunks per step: eight 16-byte loads of w in flight
+            c = s * STEP_CHUNKS * split + part     # this part's chunks: c, c + split, c + 2 split, c + 3 split
+            wa0, wb0 = load_rows(w, ra, rb, c, chunks, tq)
+            wa1, wb1 = load_rows(w, ra, rb, c + split, chunks, tq)
+            wa2, wb2 = load_rows(w, ra, rb, c + 2 * split, chunks, tq)
+            wa3, wb3 = load_rows(w, ra, rb, c + 3 * split, chunks, tq)
             for b in range(TB):
                 tok = min(t0 + TOKENS * b + g, T - 1)   # tokens past T repeat the last; never stored
-                xa = load8_pairs_wide(x, tok, min(k1, K - 8))
-                xb = load8_pairs_wide(x, tok, min(k2, K - 8))
-                d = mma_f16(wa[0], wb[0], wa[1], wb[1], xa[0], xa[1],
-                            acc[4 * b], acc[4 * b + 1], acc[4 * b + 2], acc[4 * b + 3])
-                d = mma_f16(wa[2], wb[2], wa[3], wb[3], xa[2], xa[3], d[0], d[1], d[2], d[3])
-                d = mma_f16(wc[0], wd[0], wc[1], wd[1], xb[0], xb[1], d[0], d[1], d[2], d[3])
-                d = mma_f16(wc[2], wd[2], wc[3], wd[3], xb[2], xb[3], d[0], d[1], d[2], d[3])
+                d = (acc[4 * b], acc[4 * b + 1], acc[4 * b + 2], acc[4 * b + 3])
+                d = chunk_mma(wa0, wb0, x, tok, c, chunks, tq, d)
+                d = chunk_mma(wa1, wb1, x, tok, c + split, chunks, tq, d)
+                d = chunk_mma(wa2, wb2, x, tok, c + 2 * split, chunks, tq, d)
+                d = chunk_mma(wa3, wb3, x, tok, c + 3 * split, chunks, tq, d)
                 acc[4 * b] = d[0]
                 acc[4 * b + 1] = d[1]
                 acc[4 * b + 2] = d[2]
@@ -146,9 +159,9 @@ def fits(x: torch.Tensor, w) -> bool:
 
 def split_for(tiles: int, K: int, warps: int) -> int:
     """Warps per tile of rows: double while fewer than BUSY_WARPS warps run and each still has a
-    step of two chunks of its own."""
+    whole step of chunks of its own."""
     split = 1
-    while split * 2 <= warps and tiles * split < BUSY_WARPS and K >= 2 * CHUNK * (2 * split):
+    while split * 2 <= warps and tiles * split < BUSY_WARPS and K >= STEP_CHUNKS * CHUNK * (2 * split):
         split *= 2
     return split
 
@@ -160,7 +173,7 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     path None / "auto": fp16 x and w that `fits`, with 2 <= T <= SKINNY_MAX_T, take the
     tensor-core kernel (on a GPU: see AUTO_SKINNY_MAX_T); everything else (and any other path,
     with the options given) goes to the previous day's linear. path "mma" forces the tensor-core kernel for any T >= 1 (ValueError,
-    one line, if x and w do not fit). block_size: 32..256 threads, a power of two (default 128);
+    one line, if x and w do not fit). block_size: 32..256 threads, a power of two (default 256);
     warps_per_row: warps that split K for one tile of 16 rows (a power of two <= block_size / 32;
     None picks one). Nothing is read back to the host: capture-safe.
     """
@@ -172,7 +185,7 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     if not fits(x, w):
         raise ValueError(f"linear path='mma': needs fp16 x [T, in] and w [out, in], in % {CHUNK} == 0, contiguous "
                          f"and 16-byte aligned; got x {_describe(x)} and w {_describe(w)} -- use path='auto'")
-    block_size = 128 if block_size is None else block_size
+    block_size = 256 if block_size is None else block_size
     if block_size < WARP or block_size > WARP * MAX_WARPS or block_size & (block_size - 1):
         raise ValueError(f"linear: block_size must be a power of two from {WARP} to {WARP * MAX_WARPS} on the "
                          f"tensor-core path, got {block_size}")
