@@ -260,25 +260,29 @@ def test_rope_norm_linear_rotates_q_and_k_heads(day, device, dtype, heads, rotat
                  **tol(dtype, 4))
 
 
-def double_rounding_case(T, K, dtype, device, seed):
+def double_rounding_case(T, K, dtype, device, seed, rows=None):
     """x, w, h where each product x @ w.T = x[n] + x[n + 1] / 4096 is exact in fp32 but not an fp16
     number: rounding it to fp16 before the residual add (as HF's o_proj output) can differ from
-    adding the fp32 sum, so only the right order matches bit for bit."""
+    adding the fp32 sum, so only the right order matches bit for bit. rows: the first rows of w
+    only (w [rows, K], h [T, rows]; default K)."""
+    rows = K if rows is None else rows
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, K, generator=g).to(dtype)
     w = torch.eye(K)
     w[torch.arange(K - 1), torch.arange(1, K)] = 2.0 ** -12
-    h = torch.randn(T, K, generator=g).to(dtype)
+    w = w[:rows]
+    h = torch.randn(T, rows, generator=g).to(dtype)
     prod = (x.float() @ w.T).to(dtype)                 # exact in fp32, then HF's rounding
     want = (h.float() + prod.float()).to(dtype)        # the residual add in the model dtype
     return x.to(device), w.to(dtype=dtype, device=device), h.to(device), want
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K,block_size,warps_per_row", [(64, 32, None), (45, 64, 2), (96, 128, 4)])
-def test_linear_add_rounds_like_hf_bit_for_bit(day, device, dtype, K, block_size, warps_per_row):
-    """h += x @ w.T in place: the product rounded to h's dtype, then added and rounded again."""
-    x, w, h, want = double_rounding_case(2, K, dtype, device, seed=K)
+@pytest.mark.parametrize("K,rows,block_size,warps_per_row", [(64, 64, 32, None), (45, 45, 64, 2), (96, 24, 128, 4)])
+def test_linear_add_rounds_like_hf_bit_for_bit(day, device, dtype, K, rows, block_size, warps_per_row):
+    """h += x @ w.T in place: the product rounded to h's dtype, then added and rounded again.
+    (Rows split over 4 warps: 24 rows, so the simulator runs 24 blocks of 128 threads, not 96.)"""
+    x, w, h, want = double_rounding_case(2, K, dtype, device, seed=K, rows=rows)
     hp = h.data_ptr()
     ret = day.linear_add(x, w, h, block_size=block_size, warps_per_row=warps_per_row)
     assert ret is None and h.data_ptr() == hp, "linear_add updates h in place and returns None"
