@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from shared import reference as ref
-from shared.course import registry, syllabus
+from shared.course import registry
 from shared.course.testing import assert_deterministic, cuda_time_ms, no_host_reads, poison_, randn, record_bench
 from shared.quant import QuantWeight, dequantize
 
@@ -307,9 +307,7 @@ def test_two_launches_agree(day, device):
 # ---- the dispatch ------------------------------------------------------------------------------------
 def previous_linear(track):
     """The linear the registry gave before this day: the highest finished day below it, else the reference."""
-    done = registry.finished(track)
-    owners = [d.number for d in syllabus.days() if "linear" in d.provides and d.number < DAY and d.number in done]
-    return registry.day_module(max(owners), track).linear if owners else ref.linear
+    return registry.resolve_before("linear", track, DAY)
 
 
 @pytest.mark.parametrize("T,dtype", [(1, torch.float16), (3, torch.float32)])

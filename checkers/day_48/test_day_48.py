@@ -11,12 +11,14 @@ the track's BlockAllocator, YOUR BatchedPagedCache and BatchDecoder, B <= 5. GPU
 kernels, B up to 64, one CUDA graph per batch-size bucket (graph == eager, no sync), SmolLM2,
 and tokens/s against B.
 """
+import math
+
 import pytest
 import torch
 
 from shared import reference
-from shared.course.registry import Ops
-from shared.course.testing import assert_close, cuda_time_ms, no_host_reads, poison_, record_bench
+from shared.course.registry import Ops, resolve_before
+from shared.course.testing import assert_close, cuda_time_ms, no_host_reads, poison_, randn, record_bench, tol
 from shared.engine.attention import StaticCache
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner
@@ -549,14 +551,12 @@ VERIFY_RATIO = 2.0   # T = 5 must cost at most 2x one token's GEMV (five GEMVs c
 
 
 def skinny_inputs(T, K, N, device, seed, dtype=torch.float16):
-    from shared.course.testing import randn
     x = randn(T, K, seed=seed, dtype=dtype, device=device)
     w = randn(N, K, seed=seed + 1, scale=K ** -0.5, dtype=dtype, device=device)
     return x, w
 
 
 def check_linear(day, x, w, what, **kwargs):
-    from shared.course.testing import tol
     out = day.linear(x, w, **kwargs)
     assert out.dtype == x.dtype and out.shape == (x.shape[0], w.shape[0]), \
         f"{what}: linear must return [T, out] = {(x.shape[0], w.shape[0])} in {x.dtype}, got {tuple(out.shape)} {out.dtype}"
@@ -591,7 +591,6 @@ def test_mma_uses_each_tokens_own_row_and_every_column(day, device):
 def test_mma_writes_only_its_tokens_and_rows(day, device, monkeypatch):
     """T = 3 (a tile has room for 8) and N = 5 (a tile has 16 rows): nothing may be written past the
     output; torch.empty hands out a NaN guard band right behind it."""
-    import math
     real_empty, bands = torch.empty, []
 
     def empty_with_guard_band(*size, **kwargs):
@@ -613,7 +612,6 @@ def test_mma_writes_only_its_tokens_and_rows(day, device, monkeypatch):
 def test_what_the_tensor_cores_do_not_take_goes_to_the_previous_linear(day, track, device, case):
     """fp32, T = 1, rows off a 16-byte boundary, in % 32 != 0 and any other path go to the linear of
     the previous day that provides it (day 41 -> day 11 on a finished track), with the same result."""
-    from shared.course.registry import resolve_before
     prev = resolve_before("linear", track, 48)
     T, K, dtype, kwargs = 5, 64, torch.float16, {}
     if case == "fp32":
@@ -634,7 +632,6 @@ def test_what_the_tensor_cores_do_not_take_goes_to_the_previous_linear(day, trac
 
 def test_quant_weights_go_to_day_41(day, device):
     """A QuantWeight is not a tensor: day 41's int8 kernels (or the reference), not the tensor cores."""
-    from shared.course.testing import tol
     q = reference.quantize_int8(skinny_inputs(1, 64, 24, device, seed=3)[1].float(), granularity="channel")
     x = skinny_inputs(4, 64, 24, device, seed=4, dtype=torch.float32)[0]
     assert_close(day.linear(x, q), x @ reference.dequantize(q).T, "linear(x, QuantWeight)", **tol(torch.float32, scale=4))
@@ -703,9 +700,6 @@ def test_bench_verify_tokens_cost_about_one_token(day, track, device):
     """T = 5 (a K = 4 verify) and T = 16, 64 (batched decode) through the 1B layer shapes, fp16,
     weights cold in L2: your linear at T vs the previous day's at T = 1 (the GEMV), same run. Fails
     if T = 5 costs more than VERIFY_RATIO x one token on any shape."""
-    import math
-    from shared.course.registry import resolve_before
-    from shared.course.testing import cuda_time_ms
     prev = resolve_before("linear", track, 48)
     l2 = torch.cuda.get_device_properties(device).L2_cache_size
     result, slow = {"device": torch.cuda.get_device_name(), "previous_linear": prev.__module__}, []

@@ -40,11 +40,10 @@ PATHS = ("auto", "gemv", "skinny", "gemm")
 def previous_linear(track: str):
     """The `linear` this day takes over from: the highest finished day before it that provides
     `linear` (day 11's GEMV / GEMM), else the PyTorch reference. The registry's own rule with this
-    day left out; resolved once per process, so a decode step pays one dictionary lookup."""
-    from shared.course import registry, syllabus
-    done = registry.finished(track)
-    days = [d.number for d in syllabus.days() if "linear" in d.provides and d.number < DAY and d.number in done]
-    return registry.day_module(max(days), track).linear if days else registry.reference("linear")
+    day left out (`registry.resolve_before`); resolved once per process, so a decode step pays one
+    dictionary lookup."""
+    from shared.course import registry
+    return registry.resolve_before("linear", track, DAY)
 
 
 TRACK = __name__.split(".")[0]      # "days" or "solutions": plain tensors stay on this track

@@ -45,7 +45,7 @@ SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the tensor cores (on a 
 # checker asks for path="mma" by name, as day 11 does for its skinny kernel)
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
 BUSY_WARPS = 1024    # split K over more warps until about this many run (each has 4 KB of w in flight)
-PATHS = ("auto", "mma")
+PATHS = ("auto", "mma")   # this day's paths; any other goes to the previous linear with its options
 TRACK = __name__.split(".")[0]      # "days" or "solutions": what this day does not take stays on this track
 
 
@@ -135,7 +135,7 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     warps_per_row: warps that split K for one tile of 16 rows (a power of two <= block_size / 32;
     None picks one). Nothing is read back to the host: capture-safe.
     """
-    # TODO(day 48): dispatch first: path not None / "auto" / "mma" -> previous_linear()(x, w, **_options(path,
+    # TODO(day 48): dispatch first: a path that is not None or in PATHS -> previous_linear()(x, w, **_options(path,
     #   block_size, warps_per_row)); path None / "auto" with T outside 2..AUTO_SKINNY_MAX_T or not fits(x, w) -> the
     #   same with _options(None, ...). path "mma" with x, w that do not fit: one-line ValueError.
     # - block_size default 256, a power of two from 32 to WARP * MAX_WARPS; warps_per_row None or a power of two

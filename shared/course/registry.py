@@ -84,7 +84,8 @@ def resolve(name: str, track: str | None = None):
 def resolve_before(name: str, track: str, day: int):
     """`resolve`'s rule with days >= `day` left out: the implementation a day takes over from
     (day 41's linear hands plain tensors to day 11's; day 48's hands what its tensor cores do not
-    take to day 41's). Resolved on every call: a dictionary lookup and a set, no imports after the first."""
+    take to day 41's). It reads the finished days on every call (progress.json on the days track):
+    callers on a hot path cache the result, as both days do."""
     done = finished(track)
     days = [d.number for d in syllabus.days() if name in d.provides and d.number < day and d.number in done]
     return getattr(day_module(max(days), track), name) if days else reference(name)

@@ -45,7 +45,7 @@ SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the tensor cores (on a 
 # checker asks for path="mma" by name, as day 11 does for its skinny kernel)
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
 BUSY_WARPS = 1024    # split K over more warps until about this many run (each has 4 KB of w in flight)
-PATHS = ("auto", "mma")
+PATHS = ("auto", "mma")   # this day's paths; any other goes to the previous linear with its options
 TRACK = __name__.split(".")[0]      # "days" or "solutions": what this day does not take stays on this track
 
 
@@ -177,7 +177,7 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     warps_per_row: warps that split K for one tile of 16 rows (a power of two <= block_size / 32;
     None picks one). Nothing is read back to the host: capture-safe.
     """
-    if path not in (None, "auto", "mma"):
+    if path is not None and path not in PATHS:
         return previous_linear()(x, w, **_options(path, block_size, warps_per_row))
     T = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() == 2 else 0
     if path != "mma" and not (2 <= T <= AUTO_SKINNY_MAX_T and fits(x, w)):
