@@ -134,6 +134,18 @@ def test_gqa_group_is_h_over_kv_not_kv_in_a_batch(day, sizes, device, bs, H, KV)
                f"splits={splits or 'auto'}", torch.float32, splits=splits, block_size=bs, merge_block=bs)
 
 
+@pytest.mark.parametrize("splits", [0, 3, 7])
+def test_short_and_long_sequences_in_a_wide_table(day, sizes, device, bs, splits):
+    """A table far wider than the sequences (an engine's pool sized for its longest request): each
+    sequence's splits cut its own live positions, short or long, in whole KV blocks."""
+    kv_block = sizes(tiny=4, real=16)
+    H, KV, hd, max_blocks, num_blocks = sizes(tiny=(4, 2, 16, 40, 50), real=(9, 3, 64, 1024, 1400))
+    lengths = sizes(tiny=[3, 9, 61, 22], real=[3, 70, 5000, 513])
+    case = _paged_case(lengths, H, KV, hd, kv_block, max_blocks, num_blocks, torch.float32, device, seed=5 + splits)
+    _check(day, case, f"paged_decode_attention lengths {lengths} in a table of {max_blocks} blocks "
+           f"splits={splits or 'auto'}", torch.float32, splits=splits, block_size=bs)
+
+
 def _poisoned_call(day, shape, dtype, device, *args, **knobs):
     """Free a NaN-filled tensor of the output's size just before the call: an allocator hands the
     same memory back, so an output that is returned without being written shows NaN, not zeros."""
@@ -315,6 +327,8 @@ def test_bench_paged_vs_contiguous(day, track, device):
 
 SHORT_FLOOR = 0.6   # x day 20's one-kernel speed at SHORT positions; see checkers/day_27 (issue 14's goal: 1.0)
 SHORT = 70          # the engine's case in issue 14: a short chat, a pool sized for 1024 tokens
+WIDE = 1024         # table entries of the engine's pool for its longest request (16384 positions of 16)
+WIDE_CEILING = 1.3  # x the time of the same SHORT positions in a table of 64 entries
 
 
 @pytest.mark.gpu
@@ -322,13 +336,16 @@ SHORT = 70          # the engine's case in issue 14: a short chat, a pool sized 
 def test_bench_short_context(day, track, device):
     """What the engine's decode step pays at the start of a chat: 70 cached positions, B=1, fp16, a
     table of 64 blocks of 16 (1024 positions), shuffled; replayed from CUDA graphs in this run against
-    day 20's contiguous kernel (and your day 27's) on the same keys in a cache of 1024."""
+    day 20's contiguous kernel (and your day 27's) on the same keys in a cache of 1024. The same
+    70 positions in a table of 1024 entries (a pool sized for 16384 positions) must cost about the
+    same: the work follows the live length, not the table's width."""
     contiguous, whose = _contiguous_day_27(track)
     base = day_module(20, "solutions").decode_attention
     kv_block, max_seq = 16, 1024
     max_blocks = max_seq // kv_block
     result = {"gpu": torch.cuda.get_device_name(), "dtype": "fp16", "kv_block": kv_block, "max_seq": max_seq,
-              "context_len": SHORT, "timing": "CUDA graph replay", "unit": "us per call", "day27": whose}
+              "wide_table_blocks": WIDE, "context_len": SHORT, "timing": "CUDA graph replay", "unit": "us per call",
+              "day27": whose}
     for name, (H, KV, hd) in LAYOUTS.items():
         k = randn(KV, max_seq, hd, dtype=torch.float16, device=device, seed=1)
         v = randn(KV, max_seq, hd, dtype=torch.float16, device=device, seed=2)
@@ -339,20 +356,29 @@ def test_bench_short_context(day, track, device):
         k_pool[perm.to(device)] = k.reshape(KV, max_blocks, kv_block, hd).transpose(0, 1)
         v_pool[perm.to(device)] = v.reshape(KV, max_blocks, kv_block, hd).transpose(0, 1)
         tables = perm[None].to(torch.int32).to(device)
+        wide = torch.cat([tables, torch.zeros(1, WIDE - max_blocks, dtype=torch.int32, device=device)], dim=1)
         lens = torch.full((1,), SHORT, dtype=torch.int32, device=device)
         cache_len = torch.full((1,), SHORT, dtype=torch.int32, device=device)
-        assert_close(day.paged_decode_attention(q, k_pool, v_pool, tables, lens)[0],
-                     reference.decode_attention(q[0], k, v, cache_len), f"paged_decode_attention {name} at {SHORT}",
-                     **tol(torch.float16, 5))
+        want = reference.decode_attention(q[0], k, v, cache_len)
+        for table, what in ((tables, ""), (wide, f" in a table of {WIDE} entries")):
+            assert_close(day.paged_decode_attention(q, k_pool, v_pool, table, lens)[0], want,
+                         f"paged_decode_attention {name} at {SHORT}{what}", **tol(torch.float16, 5))
         t_paged = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, tables, lens))
+        t_wide = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, wide, lens))
         t_27 = graph_us(lambda: contiguous(q[0], k, v, cache_len))
         t_20 = graph_us(lambda: base(q[0], k, v, cache_len))
         result[f"{name}_paged_us"] = round(t_paged, 2)
+        result[f"{name}_paged_wide_table_us"] = round(t_wide, 2)
         result[f"{name}_day27_us"] = round(t_27, 2)
         result[f"{name}_day20_us"] = round(t_20, 2)
         result[f"{name}_speed_vs_day20"] = round(t_20 / t_paged, 2)
+        result[f"{name}_wide_over_narrow"] = round(t_wide / t_paged, 2)
     record_bench("day_30_paged_decode_short", result)
     for name in LAYOUTS:
         speed = result[f"{name}_speed_vs_day20"]
         assert speed >= SHORT_FLOOR, (f"{name}: at {SHORT} positions paged decode runs at {speed:.2f}x day 20's speed: does "
                             "each block's work follow the live length, and does the merge read only live splits?")
+        wide = result[f"{name}_wide_over_narrow"]
+        assert wide <= WIDE_CEILING, (f"{name}: {SHORT} positions in a table of {WIDE} entries take {wide:.2f}x their time "
+                                      f"in a table of {max_blocks}: size each split's chunk by the live length "
+                                      "(chunk_of), not by the table's width")

@@ -42,11 +42,22 @@ def lanes_per_key(hd: int) -> int:
     return lanes
 
 
+@cuda.jit(device=True)
+def chunk_of(n, splits, bs):
+    """Positions per split for a sequence of n live positions: its ceil(n / bs) KV blocks spread
+    over the `splits` splits, whole blocks each (at least one). Sized by n, read on the device, so
+    70 positions in a table of 1024 blocks cost what 70 positions cost, and the splits of a long
+    sequence share its work evenly whatever the table's width."""
+    blocks = (n + bs - 1) // bs
+    return max((blocks + splits - 1) // splits, 1) * bs
+
+
 @cuda.jit
-def merge_kernel(m_in, l_in, acc_in, context_lens, chunk, max_pos, out):
+def merge_kernel(m_in, l_in, acc_in, context_lens, bs, max_pos, out):
     """Block (query head h, sequence b): day 27's merge over sequence b's live splits
-    s < cdiv(n_b, chunk), n_b = min(context_lens[b], max_pos) (the others hold no key and wrote
-    nothing). A sequence with no keys gets zeros. Shared memory: [ m (groups) | l (groups) | acc (groups * hd) ]."""
+    s < cdiv(n_b, chunk), chunk = chunk_of(n_b, splits, bs), n_b = min(context_lens[b], max_pos)
+    (the others hold no key and wrote nothing). A sequence with no keys gets zeros. Shared memory:
+    [ m (groups) | l (groups) | acc (groups * hd) ]."""
     h = cuda.blockIdx.x
     b = cuda.blockIdx.y
     tid = cuda.threadIdx.x
@@ -54,6 +65,7 @@ def merge_kernel(m_in, l_in, acc_in, context_lens, chunk, max_pos, out):
     splits = m_in.shape[1]
     hd = out.shape[2]
     n = min(context_lens[b], max_pos)
+    chunk = chunk_of(n, splits, bs)
     live = min(splits, (n + chunk - 1) // chunk)
     if hd <= nthreads:
         groups, g, d0, dstep = nthreads // hd, tid // hd, tid % hd, hd
@@ -110,10 +122,11 @@ def make_split_kernel(load, group):
     GQ = 8 * group
 
     @cuda.jit
-    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, chunk, bs, KV, lanes, scale):
+    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, bs, KV, lanes, scale):
         """Block (split s, KV head kvh, sequence b): positions [s * chunk, min((s + 1) * chunk, n))
-        of sequence b, n = context_lens[b], for the `group` query heads of KV head kvh. chunk is a
-        multiple of bs, so a split starts on a block boundary. A team of `lanes` threads takes one
+        of sequence b, n = context_lens[b], chunk = chunk_of(n, splits, bs) (splits = m_out.shape[1]),
+        for the `group` query heads of KV head kvh. chunk is a multiple of bs, so a split starts on
+        a block boundary. A team of `lanes` threads takes one
         position per step and finds its pool row through the table (never for a position >= n:
         entries past it are garbage). Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :];
         a split that starts at or past n writes nothing. Dynamic shared memory (fp32), one state
@@ -127,6 +140,7 @@ def make_split_kernel(load, group):
         hd = q.shape[2]
         h0 = kvh * group
         n = min(context_lens[b], block_tables.shape[1] * bs)   # read on the device
+        chunk = chunk_of(n, m_out.shape[1], bs)                # sized by n, not by the table
         start = s * chunk
         end = min(start + chunk, n)
         if start >= end:                          # the whole block leaves here: no barrier is skipped
@@ -255,13 +269,12 @@ def merge_floats(hd: int, merge_block: int) -> int:
 
 
 def pick_splits(max_blocks: int, B: int, KV: int, kv_block: int, lanes: int, block_size: int, sms: int) -> int:
-    """Splits over a table of max_blocks KV blocks, from shapes and the SM count only: about two
-    thread blocks per SM with all B sequences full, but no chunk shorter than one step of the
-    block (block_size // lanes positions). Chunks are whole KV blocks, so the count is rounded to
-    one that divides the table into equal whole-block chunks."""
+    """Splits per sequence, from shapes and the SM count only (a captured graph keeps the grid):
+    about two thread blocks per SM with all B sequences full, no more than a full table fills in
+    steps of the block (block_size // lanes positions), at most one per KV block. How many
+    positions each split takes follows the live length, on the device (chunk_of)."""
     want = min(gpu.cdiv(2 * sms, B * KV), gpu.cdiv(max_blocks * kv_block, block_size // lanes))
-    per_chunk = gpu.cdiv(max_blocks, max(want, 1))                   # KV blocks per chunk
-    return gpu.cdiv(max_blocks, per_chunk)
+    return max(1, min(want, max_blocks))
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -272,9 +285,9 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     q [B, H, hd] (H a multiple of KV, hd at most 256, float32/float16); pools [num_blocks, KV,
     kv_block, hd] of q's head_dim and one dtype; block_tables int32 [B, max_blocks]; context_lens
     int32 [B] (0 gives zeros; so do B == 0 and max_blocks == 0). Tables and lengths are read only
-    inside the kernels. splits: chunks per sequence, 1..max_blocks (0: pick_splits; a chunk is
-    cdiv(max_blocks, splits) whole KV blocks); block_size, merge_block: threads per block (powers
-    of two in 32..1024). Returns [B, H, hd] in q's dtype.
+    inside the kernels. splits: chunks per sequence, 1..max_blocks (0: pick_splits; sequence b's
+    chunk is chunk_of(n_b, splits, kv_block) positions); block_size, merge_block: threads per
+    block (powers of two in 32..1024). Returns [B, H, hd] in q's dtype.
     """
     if q.dim() != 3 or k_pool.dim() != 4 or k_pool.shape != v_pool.shape:
         raise ValueError(f"paged_decode_attention: q must be [B, H, hd] and both pools [num_blocks, KV, "
@@ -311,8 +324,6 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
         splits = pick_splits(max_blocks, B, KV, kv_block, lanes, block_size, sm_count(q.device))
     if not 1 <= splits <= max_blocks:
         raise ValueError(f"splits must be in 1..max_blocks={max_blocks} (or 0 for automatic), got {splits}")
-    chunk = gpu.cdiv(max_blocks, splits) * kv_block       # whole KV blocks
-    splits = gpu.cdiv(max_blocks * kv_block, chunk)       # no split that could never hold a key
     need = shared_floats(group, hd, lanes, block_size)
     if need > SHARED_FLOATS:
         raise ValueError(f"paged_decode_attention: {group} query heads per KV head with head_dim {hd} need "
@@ -328,7 +339,7 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     acc = torch.empty((B, splits, H, hd), dtype=torch.float32, device=q.device)
     tables, lens = block_tables.contiguous(), context_lens.contiguous()
     gpu.launch(split_kernel_for(wide, group), (splits, KV, B), block_size, q.contiguous(), k2, v2, tables, lens,
-               m, l, acc, chunk, kv_block, KV, lanes, np.float32(1.0 / math.sqrt(hd)), shared_bytes=4 * need)
-    gpu.launch(merge_kernel, (H, B), merge_block, m, l, acc, lens, chunk, max_blocks * kv_block, out,
+               m, l, acc, kv_block, KV, lanes, np.float32(1.0 / math.sqrt(hd)), shared_bytes=4 * need)
+    gpu.launch(merge_kernel, (H, B), merge_block, m, l, acc, lens, kv_block, max_blocks * kv_block, out,
                shared_bytes=4 * merge_floats(hd, merge_block))
     return out
