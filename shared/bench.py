@@ -121,13 +121,15 @@ def peak_bandwidth_bytes_s() -> float | None:
         return None
 
 
-def _captured_step(engine, context: int):
+def _captured_step(engine, context: int, max_len: int | None = None):
     """(graph, runner): the engine's greedy decode step at `context`, captured once (reference
-    graphs), as the engine replays it (forward, greedy pick and its feedback)."""
+    graphs), as the engine replays it (forward, greedy pick and its feedback), on a cache of the
+    size the engine gives requests of max_len tokens (the timed runs' size: a kernel may cost
+    more in a bigger pool)."""
     from shared.engine.runner import ModelRunner
     from shared.reference.graphs import DecodeGraphs
-    runner = ModelRunner(engine.ops, engine.weights, engine.cache_backend(context + 2), engine.device,
-                         graphs_cls=DecodeGraphs)
+    backend = engine.cache_backend(engine.cache_size(max(max_len or 0, context + 2)))
+    runner = ModelRunner(engine.ops, engine.weights, backend, engine.device, graphs_cls=DecodeGraphs)
     ids = synthetic_prompt(engine.config.vocab_size, context)
     runner.forward(ids, 0)
     runner.ids_buf.fill_(ids[-1])
@@ -136,13 +138,13 @@ def _captured_step(engine, context: int):
     return graph, runner
 
 
-def gpu_ms_per_token(engine, context: int, reps: int = 50) -> float | None:
-    """Kernel time of one decode step at `context`: the captured step replayed back to back, so
-    no host time is in it. None where the track has no cache yet."""
+def gpu_ms_per_token(engine, context: int, reps: int = 50, max_len: int | None = None) -> float | None:
+    """Kernel time of one decode step at `context` (in the cache of _captured_step): the captured
+    step replayed back to back, so no host time is in it. None where the track has no cache yet."""
     import torch
     if not engine.on_gpu or not engine.caps.cache:
         return None
-    graph, runner = _captured_step(engine, context)
+    graph, runner = _captured_step(engine, context, max_len)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph.replay()
     start.record()
@@ -171,7 +173,7 @@ def kernel_name(name: str) -> str:
     return name.split("(")[0][:60]
 
 
-def kernel_breakdown(engine, context: int, reps: int = 10) -> list[dict] | None:
+def kernel_breakdown(engine, context: int, reps: int = 10, max_len: int | None = None) -> list[dict] | None:
     """Where a decode token's GPU time goes, kernel by kernel (torch.profiler over `reps` replays
     of the captured step): [{kernel, launches, us}] per token, most time first. None where the
     track has no cache or the profiler sees no kernels (CUPTI missing)."""
@@ -180,7 +182,7 @@ def kernel_breakdown(engine, context: int, reps: int = 10) -> list[dict] | None:
     if not engine.on_gpu or not engine.caps.cache:
         return None
     from torch.profiler import ProfilerActivity, profile
-    graph, runner = _captured_step(engine, context)
+    graph, runner = _captured_step(engine, context, max_len)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
@@ -260,9 +262,11 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
             "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "contexts": contexts,
             "prompt_lengths": prompt_lengths, "warmup": warmup, "torch": torch.__version__,
             "weight_bytes_per_token": weight_bytes(engine.weights), "peak_bandwidth_bytes_s": peak,
-            "gpu_ms_per_token": gpu_ms_per_token(engine, prompt_tokens), "track_note": track_note(engine)}
+            "track_note": track_note(engine)}
+    longest = max(prompt_tokens, *contexts) + new_tokens        # the cache the timed runs decode in
+    meta["gpu_ms_per_token"] = gpu_ms_per_token(engine, prompt_tokens, max_len=longest)
     try:                                      # a profiler failure must not lose the rest of the report
-        meta["kernels_per_token"] = kernel_breakdown(engine, prompt_tokens)
+        meta["kernels_per_token"] = kernel_breakdown(engine, prompt_tokens, max_len=longest)
     except Exception as e:
         meta["kernels_per_token"] = None
         meta["kernels_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

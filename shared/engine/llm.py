@@ -132,15 +132,20 @@ class Engine:
         fixed = self.use_paged and self.num_blocks is not None
         if r is None or (self.use_cache and not fixed and r.backend.max_len < max_len):
             if self.use_cache:
-                cap = 1024
-                while cap < max_len:
-                    cap *= 2
-                backend = self.cache_backend(min(cap, self.max_seq))
+                backend = self.cache_backend(self.cache_size(max_len))
             else:
                 backend = NoCache(self.ops)
             graphs = self.ops.DecodeGraphs if self.use_cache and self.use_graphs else None
             r = self._runners[key] = ModelRunner(self.ops, self.weights, backend, self.device, graphs_cls=graphs)
         return r
+
+    def cache_size(self, max_len: int) -> int:
+        """Positions of the cache a runner gets for requests up to max_len: a power of two, at
+        least 1024, at most max_seq (so a longer request grows it once, not token by token)."""
+        cap = 1024
+        while cap < max_len:
+            cap *= 2
+        return min(cap, self.max_seq)
 
     def cache_backend(self, max_len: int):
         """The cache this engine decodes with, holding max_len tokens: a paged pool (a given
