@@ -229,10 +229,10 @@ def _ignored_block_flags(engine, args) -> str | None:
     return f"note: {' and '.join(given)} ignored: {why}"
 
 
-def _check_speculative(args) -> int:
+def _check_speculative(args) -> int | str:
     """--speculative / --spec-k / --draft-layers / --draft-model: one line before any model loads
-    (a depth past the model's own is caught once it has loaded); the K to use."""
-    from shared.engine.speculative import DEFAULT_K, check_draft, check_options
+    (a depth past the model's own is caught once it has loaded); the K to use (a number or "auto")."""
+    from shared.engine.speculative import DEFAULT_K, MAX_K, check_draft, check_options
     if args.speculative != "draft" and (args.draft_layers is not None or args.draft_model is not None):
         raise UsageError("--draft-layers and --draft-model need --speculative draft")
     if args.speculative is None:
@@ -240,6 +240,12 @@ def _check_speculative(args) -> int:
             raise UsageError("--spec-k needs --speculative ngram or --speculative draft")
         return DEFAULT_K
     k = DEFAULT_K if args.spec_k is None else args.spec_k
+    if k != "auto":
+        try:
+            k = int(k)
+        except ValueError:
+            raise UsageError(f"--spec-k takes a number of drafts per target step (1..{MAX_K}) or auto, "
+                             f"got {args.spec_k!r}") from None
     check_options(args.speculative, k)
     check_draft(args.speculative, args.draft_layers, args.draft_model)
     if args.temperature > 0:
@@ -469,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(+ its final norm and head) draft, sharing its weights; with --draft-model, that model's first L")
     s.add_argument("--draft-model", default=None, help="--speculative draft: a smaller HF Llama folder with the "
                    "target's tokenizer drafts (all its layers unless --draft-layers)")
-    s.add_argument("--spec-k", type=int, default=None, help="tokens drafted per target step with --speculative "
-                   "(default 4, at most 16)")
+    s.add_argument("--spec-k", default=None, metavar="K|auto", help="tokens drafted per target step with "
+                   "--speculative (default 4, at most 16), or auto: K chosen each step from the running acceptance "
+                   "(day 38)")
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "
                    "minutes per token)")
     s.set_defaults(fn=cmd_generate)

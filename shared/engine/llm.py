@@ -6,7 +6,8 @@ static KV cache once `decode_attention` is finished, else prefix recompute; a pa
 once day 31 is finished; CUDA graphs for the decode step once day 23 is finished and a GPU is
 present; speculative decoding when asked for (`speculative="ngram"`, or `"draft"` with a draft
 model: `draft_layers=L` of the target's own or `draft_model=DIR`; shared/engine/speculative.py)
-once day 35 is finished. The per-step work is the runner's
+once day 35 is finished, with K chosen per round from the running acceptance (`spec_k="auto"`)
+once day 38 is. The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from shared.engine.decode_loop import generate_async
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
-from shared.engine.speculative import DEFAULT_K, SpecStats, Speculator, check_draft, check_options, load_draft
+from shared.engine.speculative import (AUTO_K, DEFAULT_K, MAX_K, SpecStats, Speculator, check_draft,
+                                       check_options, load_draft)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Engine:
                  use_cache: bool | None = None, max_seq: int | None = None, simulate: bool = False,
                  graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
                  num_blocks: int | None = None, async_decode: bool | None = None,
-                 speculative: str | None = None, spec_k: int = DEFAULT_K, draft_layers: int | None = None,
+                 speculative: str | None = None, spec_k: int | str = DEFAULT_K, draft_layers: int | None = None,
                  draft_model: str | None = None):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
@@ -63,6 +65,9 @@ class Engine:
                 raise ValueError("speculative decoding needs the KV cache: drop --no-cache (and finish day 20 on a GPU)")
             if not (self.reference_only or registry.has_feature("speculative", self.track)):
                 raise ValueError(f"speculative decoding needs a finished day 35 on the {self.track} track")
+            if spec_k == "auto" and not (self.reference_only or registry.has_feature("adaptive_k", self.track)):
+                raise ValueError(f"spec_k='auto' (--spec-k auto) needs a finished day 38 on the {self.track} track: "
+                                 f"give K as a number (1..{MAX_K}) until then")
         self.speculative, self.spec_k = speculative, spec_k     # None: plain decoding
         self.draft_layers, self.draft_model = draft_layers, draft_model   # speculative="draft" (day 36)
         self._draft = None                     # ((draft_layers, draft_model), the draft's weights)
@@ -103,7 +108,8 @@ class Engine:
         """What the engine runs on now (its modes may differ from the track's capabilities)."""
         now = replace(self.caps, cache=self.use_cache, graphs=self.use_cache and self.use_graphs,
                       paged=self.use_cache and self.use_paged)
-        spec = f", speculative {self.speculative} (K={self.spec_k}{self._describe_draft()})" if self.speculative else ""
+        k = f"auto {AUTO_K[0]}..{AUTO_K[1]}" if self.spec_k == "auto" else self.spec_k
+        spec = f", speculative {self.speculative} (K={k}{self._describe_draft()})" if self.speculative else ""
         return now.describe(str(self.dtype).removeprefix("torch.")) + spec
 
     def _describe_draft(self) -> str:

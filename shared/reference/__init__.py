@@ -16,6 +16,7 @@ from shared.reference.benchmark import benchmark
 from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
+from shared.reference.acceptance import AcceptanceStats, AdaptiveK, choose_k, expected_tokens
 from shared.reference.model_draft import ModelDraft, model_draft, self_draft
 from shared.reference.quant import dequantize, quantize_int8
 from shared.reference.quant import linear_w8a16
@@ -29,6 +30,7 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "summary", "benchmark", "DecodeGraphs", "online_softmax", "paged_kv_write",
            "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
            "verify", "Verifier", "ngram_draft", "speculative", "spec_sample", "sample_probs",
+           "expected_tokens", "choose_k", "AcceptanceStats", "AdaptiveK",
            "model_draft", "ModelDraft", "self_draft",
            "quantize_int8", "dequantize",
            "linear_w8a16",
