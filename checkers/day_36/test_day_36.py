@@ -26,7 +26,7 @@ import torch
 
 from shared import REPO, reference
 from shared.course.registry import Ops
-from shared.course.testing import assert_close, record_bench
+from shared.course.testing import assert_cli_refuses, assert_close, record_bench
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.runner import ModelRunner
 
@@ -354,15 +354,12 @@ def test_cli_draft_prints_the_same_text_and_refuses_bad_flags(tiny_model, draft_
     assert "tokens per target step" in spec_run.stderr and "drafts accepted (100%)" in spec_run.stderr, spec_run.stderr
     from shared import cli
     monkeypatch.setattr(cli.threads, "configure", lambda: None)
-    for flags in (("--speculative", "draft"), ("--speculative", "draft", "--draft-layers", "3"),
-                  ("--speculative", "draft", "--draft-layers", "0"), ("--draft-layers", "1"),
-                  ("--speculative", "ngram", "--draft-model", str(draft_dirs.one)),
-                  ("--speculative", "draft", "--draft-model", str(draft_dirs.one / "missing")),
-                  ("--speculative", "draft", "--draft-model", str(draft_dirs.other_vocab))):
-        code = cli.main(["generate", "la la", "--model", str(tiny_model), "--track", "solutions", *flags])
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
-        assert code == 2 and len(lines) == 1 and lines[0].startswith("tinyinfer: error:"), (flags, err)
+    assert_cli_refuses(["generate", "la la", "--model", str(tiny_model), "--track", "solutions"],
+                       [("--speculative", "draft"), ("--speculative", "draft", "--draft-layers", "3"),
+                        ("--speculative", "draft", "--draft-layers", "0"), ("--draft-layers", "1"),
+                        ("--speculative", "ngram", "--draft-model", str(draft_dirs.one)),
+                        ("--speculative", "draft", "--draft-model", str(draft_dirs.one / "missing")),
+                        ("--speculative", "draft", "--draft-model", str(draft_dirs.other_vocab))], capsys)
 
 
 # ---- GPU: SmolLM2, the track's components, acceptance and speed by depth -----------------------------------

@@ -95,6 +95,17 @@ def _nan_cause(expected: torch.Tensor, nan: torch.Tensor, computed: bool) -> str
     return f"computed ({cause}), or an element never written (check your bounds guard / grid size)"
 
 
+def assert_cli_refuses(base_argv: list[str], flag_sets, capsys) -> None:
+    """`tinyinfer BASE_ARGV FLAGS` for each flag set, in this process: exit 2 and exactly one line on
+    stderr, "tinyinfer: error: ..." (progress lines, which start with "[", aside)."""
+    from shared import cli
+    for flags in flag_sets:
+        code = cli.main([*base_argv, *flags])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("tinyinfer: error:"), (flags, err)
+
+
 def record_bench(name: str, result: dict) -> None:
     """Write a benchmark result measured in this run to build/bench/<name>.json (and print it)."""
     import json
