@@ -112,6 +112,19 @@ def test_any_knob_setting(day, sizes, device, bs, knobs):
     _check(day, case, f"paged_decode_attention {knobs} lengths {lengths}", torch.float32, **knobs)
 
 
+def test_every_warp_of_a_split_holds_keys(day, sizes, device):
+    """A split longer than one warp's teams take per step: every warp of the block holds a state
+    relative to its own maximum, and the block must merge them rescaled."""
+    kv_block = sizes(tiny=4, real=16)
+    H, KV, hd, max_blocks, num_blocks = sizes(tiny=(4, 2, 32, 10, 16), real=(9, 3, 64, 200, 256))
+    lengths = sizes(tiny=[37, 2], real=[3000, 123])
+    block = sizes(tiny=64, real=256)
+    case = _paged_case(lengths, H, KV, hd, kv_block, max_blocks, num_blocks, torch.float32, device, seed=11)
+    for splits in sizes(tiny=(1,), real=(1, 2)):
+        _check(day, case, f"paged_decode_attention lengths {lengths} splits={splits} block_size={block} "
+               "(every warp holds keys)", torch.float32, splits=splits, block_size=block)
+
+
 def test_gqa_9_3_and_head_dim_not_a_multiple_of_8(day, sizes, device, bs):
     kv_block = sizes(tiny=2, real=16)
     H, KV, hd = sizes(tiny=(9, 3, 12), real=(9, 3, 40))

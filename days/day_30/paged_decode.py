@@ -26,7 +26,7 @@ SIM_SMS = 4                 # the simulator has no SMs; a small number keeps its
 NEG_INF = np.float32(-np.inf)
 
 
-# ---- given: day 27's rescale and merge (with a batch dimension) ---------------------------------
+# ---- given: day 27's rescale and merge (with a batch dimension, specialized on constants) ---------------------------------
 @cuda.jit(device=True)
 def rescale(m_old, m_new):
     """exp(m_old - m_new): the factor that moves a sum kept relative to m_old onto m_new. An empty
@@ -42,6 +42,14 @@ def lanes_per_key(hd: int) -> int:
     return lanes
 
 
+def state_span(lanes: int) -> int:
+    """Threads whose teams merge by shuffles into one state before the block's shared-memory merge:
+    a warp on a GPU. The simulator runs every shuffle through two barriers of the whole block
+    (~100x slower than a barrier-free step), so there each team keeps its own state (span = lanes)
+    and the butterfly has no step: the same code, merged through shared memory as on day 27."""
+    return lanes if gpu.SIM else WARP
+
+
 @cuda.jit(device=True)
 def chunk_of(n, splits, bs):
     """Positions per split for a sequence of n live positions: its ceil(n / bs) KV blocks spread
@@ -52,58 +60,75 @@ def chunk_of(n, splits, bs):
     return max((blocks + splits - 1) // splits, 1) * bs
 
 
-@cuda.jit
-def merge_kernel(m_in, l_in, acc_in, context_lens, bs, max_pos, out):
-    """Block (query head h, sequence b): day 27's merge over sequence b's live splits
-    s < cdiv(n_b, chunk), chunk = chunk_of(n_b, splits, bs), n_b = min(context_lens[b], max_pos)
-    (the others hold no key and wrote nothing). A sequence with no keys gets zeros. Shared memory:
-    [ m (groups) | l (groups) | acc (groups * hd) ]."""
-    h = cuda.blockIdx.x
-    b = cuda.blockIdx.y
-    tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
-    splits = m_in.shape[1]
-    hd = out.shape[2]
-    n = min(context_lens[b], max_pos)
-    chunk = chunk_of(n, splits, bs)
-    live = min(splits, (n + chunk - 1) // chunk)
+def make_merge_kernel(hd, nthreads, bs):
+    """The merge kernel for head_dim `hd`, `nthreads` threads per block and KV blocks of `bs`
+    positions, all three compile-time constants: `//` and `%` by them become shifts and the loops
+    over groups unroll (a division by a runtime int is a subroutine of ~60 instructions)."""
     if hd <= nthreads:
-        groups, g, d0, dstep = nthreads // hd, tid // hd, tid % hd, hd
+        groups, dstep = nthreads // hd, hd
     else:
-        groups, g, d0, dstep = 1, 0, tid, nthreads
-    smem = cuda.shared.array(0, float32)
-    if g < groups:
-        for d in range(d0, hd, dstep):
+        groups, dstep = 1, nthreads
+
+    @cuda.jit
+    def merge_kernel(m_in, l_in, acc_in, context_lens, max_pos, out):
+        """Block (query head h, sequence b): day 27's merge over sequence b's live splits
+        s < cdiv(n_b, chunk), chunk = chunk_of(n_b, splits, bs), n_b = min(context_lens[b], max_pos)
+        (the others hold no key and wrote nothing). A sequence with no keys gets zeros. Shared
+        memory: [ m (groups) | l (groups) | acc (groups * hd) ]."""
+        h = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        splits = m_in.shape[1]
+        n = min(context_lens[b], max_pos)
+        chunk = chunk_of(n, splits, bs)
+        live = min(splits, (n + chunk - 1) // chunk)
+        g = tid // dstep
+        d0 = tid % dstep
+        smem = cuda.shared.array(0, float32)
+        if g < groups:
+            for d in range(d0, hd, dstep):
+                big = NEG_INF
+                total = float32(0.0)
+                a = float32(0.0)
+                for s in range(g, live, groups):
+                    ms = m_in[b, s, h]
+                    mn = max(big, ms)
+                    c = rescale(big, mn)
+                    w = math.exp(ms - mn)
+                    total = total * c + w * l_in[b, s, h]
+                    a = a * c + w * acc_in[b, s, h, d]
+                    big = mn
+                if groups == 1:
+                    out[b, h, d] = a / total if total > 0 else float32(0.0)
+                else:
+                    smem[2 * groups + g * hd + d] = a
+                    if d == 0:
+                        smem[g] = big
+                        smem[groups + g] = total
+        cuda.syncthreads()                        # every group's state is in place
+        if groups > 1 and tid < hd:
             big = NEG_INF
+            for gg in range(groups):
+                big = max(big, smem[gg])
             total = float32(0.0)
             a = float32(0.0)
-            for s in range(g, live, groups):
-                ms = m_in[b, s, h]
-                mn = max(big, ms)
-                c = rescale(big, mn)
-                w = math.exp(ms - mn)
-                total = total * c + w * l_in[b, s, h]
-                a = a * c + w * acc_in[b, s, h, d]
-                big = mn
-            if groups == 1:
-                out[b, h, d] = a / total if total > 0 else float32(0.0)
-            else:
-                smem[2 * groups + g * hd + d] = a
-                if d == 0:
-                    smem[g] = big
-                    smem[groups + g] = total
-    cuda.syncthreads()                        # every group's state is in place
-    if groups > 1 and tid < hd:
-        big = NEG_INF
-        for gg in range(groups):
-            big = max(big, smem[gg])
-        total = float32(0.0)
-        a = float32(0.0)
-        for gg in range(groups):
-            f = rescale(smem[gg], big)
-            total += f * smem[groups + gg]
-            a += f * smem[2 * groups + gg * hd + tid]
-        out[b, h, tid] = a / total if total > 0 else float32(0.0)
+            for gg in range(groups):
+                f = rescale(smem[gg], big)
+                total += f * smem[groups + gg]
+                a += f * smem[2 * groups + gg * hd + tid]
+            out[b, h, tid] = a / total if total > 0 else float32(0.0)
+
+    return merge_kernel
+
+
+_MERGES: dict = {}
+
+
+def merge_kernel_for(hd: int, nthreads: int, bs: int):
+    """The merge kernel for these constants (compiled once per triple, then cached)."""
+    if (hd, nthreads, bs) not in _MERGES:
+        _MERGES[hd, nthreads, bs] = make_merge_kernel(hd, nthreads, bs)
+    return _MERGES[hd, nthreads, bs]
 
 
 # ---- the exercise: the split kernel through the block table -------------------------------------
@@ -116,29 +141,41 @@ def pool_row(block_tables, b, p, kvh, KV, bs):
     return 0
 
 
-def make_split_kernel(load, group):
+def make_split_kernel(load, group, lanes, bs, hd, nthreads):
     """The paged split kernel for `group` query heads per KV head, reading 8 values at a time with
-    `load` (load8_wide: one 16-byte load, rows 16-byte aligned; load8: any alignment). `group` is
-    a compile-time constant so that the per-head state lives in registers."""
+    `load` (load8_wide: one 16-byte load, rows 16-byte aligned; load8: any alignment). Every
+    argument is a compile-time constant: `group` keeps the per-head state in registers; `lanes`,
+    `bs` (KV block size), `hd` and `nthreads` (threads per block) turn `//` and `%` into shifts
+    and let the loops unroll, so a warp runs a few hundred instructions per key, not thousands."""
     GQ = 8 * group
+    teams = nthreads // lanes
+    span = state_span(lanes)              # threads whose teams end in one shared state
+    states = nthreads // span
 
     @cuda.jit
-    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, bs, KV, lanes, scale):
+    def split_kernel(q, k, v, block_tables, context_lens, m_out, l_out, acc_out, KV, scale):
         """Block (split s, KV head kvh, sequence b): positions [s * chunk, min((s + 1) * chunk, n))
         of sequence b, n = context_lens[b], chunk = chunk_of(n, splits, bs) (splits = m_out.shape[1]),
         for the `group` query heads of KV head kvh. chunk is a multiple of bs, so a split starts on
         a block boundary. A team of `lanes` threads takes one
         position per step and finds its pool row through the table (never for a position >= n:
         entries past it are garbage). Writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :];
-        a split that starts at or past n writes nothing. Dynamic shared memory (fp32), one state
-        per team: [ m (teams * group) | l (teams * group) | acc (teams * group * hd) ].
+        a split that starts at or past n writes nothing. The teams of a warp merge by shuffles
+        (on a GPU: span = WARP), then one state per span of threads goes through dynamic shared
+        memory (fp32): [ m (states * group) | l (states * group) | acc (states * group * hd) ].
         """
         # TODO(day 30): day 27's split kernel with a third grid dimension b (the sequence):
         # n = min(context_lens[b], max_blocks * bs), chunk = chunk_of(n, m_out.shape[1], bs) (the
         # merge finds the live splits the same way); an empty split returns at once. Each team finds
         # its position's pool row with pool_row(...) (only for a valid position j < count: table
-        # entries past n are garbage) and reads K and V from that row; the queries are q[b, ...];
-        # write m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :].
+        # entries past n are garbage) and reads K and V from that row; the queries are q[b, ...].
+        # Then merge the teams: first the teams of a span (state_span(lanes): a warp on a GPU), by a
+        # butterfly of shfl_xor over masks lanes, 2 * lanes, ... < span (lane i and lane i ^ mask
+        # hold the same dims of two teams); then the first team of each span puts its state in
+        # shared memory (the layout above) and, after one barrier, the block merges the `states`
+        # states and writes m_out[b, s, h], l_out[b, s, h], acc_out[b, s, h, :]. Use the closure's
+        # constants (lanes, bs, hd, nthreads, teams, span, states), not cuda.blockDim.x or q.shape:
+        # that is what makes it fast.
         pass
 
     return split_kernel
@@ -147,11 +184,12 @@ def make_split_kernel(load, group):
 _KERNELS: dict = {}
 
 
-def split_kernel_for(wide: bool, group: int):
-    """The split kernel for this group size and load (compiled once per pair, then cached)."""
-    if (wide, group) not in _KERNELS:
-        _KERNELS[wide, group] = make_split_kernel(load8_wide if wide else load8, group)
-    return _KERNELS[wide, group]
+def split_kernel_for(wide: bool, group: int, lanes: int, bs: int, hd: int, nthreads: int):
+    """The split kernel for these constants (compiled once per set, then cached)."""
+    key = (wide, group, lanes, bs, hd, nthreads)
+    if key not in _KERNELS:
+        _KERNELS[key] = make_split_kernel(load8_wide if wide else load8, group, lanes, bs, hd, nthreads)
+    return _KERNELS[key]
 
 
 _SMS: dict = {}
@@ -168,8 +206,8 @@ def sm_count(device) -> int:
 
 
 def shared_floats(group: int, hd: int, lanes: int, block_size: int) -> int:
-    """The split kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per team and head."""
-    return (block_size // lanes) * group * (hd + 2)
+    """The split kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per span and head."""
+    return (block_size // state_span(lanes)) * group * (hd + 2)
 
 
 def merge_floats(hd: int, merge_block: int) -> int:
@@ -205,7 +243,7 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     # when 0, else in 1..max_blocks (each sequence's chunk is found on the device: chunk_of);
     # shared_floats(...) <= SHARED_FLOATS. View the pools as
     # [num_blocks * KV * kv_block, hd]; m, l [B, splits, H], acc [B, splits, H, hd] fp32; launch
-    # split_kernel_for(wide, group) on (splits, KV, B) and the given merge_kernel on (H, B), with
-    # bs = kv_block and max_pos = max_blocks * kv_block.
+    # split_kernel_for(wide, group, lanes, kv_block, hd, block_size) on (splits, KV, B) and the
+    # given merge_kernel_for(hd, merge_block, kv_block) on (H, B), with max_pos = max_blocks * kv_block.
     raise NotImplementedError("Day 30: paged_decode_attention is not written yet -- edit days/day_30/paged_decode.py "
                               "(lesson: notes/day_30_paged_decode.md)")
