@@ -341,7 +341,8 @@ def test_bench_paged_vs_contiguous(day, track, device):
 SHORT_FLOOR = 0.6   # x day 20's one-kernel speed at SHORT positions; see checkers/day_27 (issue 14's goal: 1.0)
 SHORT = 70          # the engine's case in issue 14: a short chat, a pool sized for 1024 tokens
 WIDE = 1024         # table entries of the engine's pool for its longest request (16384 positions of 16)
-WIDE_CEILING = 1.3  # x the time of the same SHORT positions in a table of 64 entries
+WIDE_CEILING = 1.3  # x the time of the same SHORT (and MID) positions in a table of 64 entries
+MID = 513           # a longer chat: a split that walks a table-sized chunk step by step shows here
 
 
 @pytest.mark.gpu
@@ -351,7 +352,8 @@ def test_bench_short_context(day, track, device):
     table of 64 blocks of 16 (1024 positions), shuffled; replayed from CUDA graphs in this run against
     day 20's contiguous kernel (and your day 27's) on the same keys in a cache of 1024. The same
     70 positions in a table of 1024 entries (a pool sized for 16384 positions) must cost about the
-    same: the work follows the live length, not the table's width."""
+    same, and so must 513: the work follows the live length, not the table's width (a split that
+    walks its chunk one step after another hides at 70 positions, not at 513)."""
     contiguous, whose = _contiguous_day_27(track)
     base = day_module(20, "solutions").decode_attention
     kv_block, max_seq = 16, 1024
@@ -370,28 +372,32 @@ def test_bench_short_context(day, track, device):
         v_pool[perm.to(device)] = v.reshape(KV, max_blocks, kv_block, hd).transpose(0, 1)
         tables = perm[None].to(torch.int32).to(device)
         wide = torch.cat([tables, torch.zeros(1, WIDE - max_blocks, dtype=torch.int32, device=device)], dim=1)
-        lens = torch.full((1,), SHORT, dtype=torch.int32, device=device)
-        cache_len = torch.full((1,), SHORT, dtype=torch.int32, device=device)
-        want = reference.decode_attention(q[0], k, v, cache_len)
-        for table, what in ((tables, ""), (wide, f" in a table of {WIDE} entries")):
-            assert_close(day.paged_decode_attention(q, k_pool, v_pool, table, lens)[0], want,
-                         f"paged_decode_attention {name} at {SHORT}{what}", **tol(torch.float16, 5))
-        t_paged = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, tables, lens))
-        t_wide = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, wide, lens))
-        t_27 = graph_us(lambda: contiguous(q[0], k, v, cache_len))
-        t_20 = graph_us(lambda: base(q[0], k, v, cache_len))
-        result[f"{name}_paged_us"] = round(t_paged, 2)
-        result[f"{name}_paged_wide_table_us"] = round(t_wide, 2)
-        result[f"{name}_day27_us"] = round(t_27, 2)
-        result[f"{name}_day20_us"] = round(t_20, 2)
-        result[f"{name}_speed_vs_day20"] = round(t_20 / t_paged, 2)
-        result[f"{name}_wide_over_narrow"] = round(t_wide / t_paged, 2)
+        for n in (SHORT, MID):
+            lens = torch.full((1,), n, dtype=torch.int32, device=device)
+            cache_len = torch.full((1,), n, dtype=torch.int32, device=device)
+            want = reference.decode_attention(q[0], k, v, cache_len)
+            for table, what in ((tables, ""), (wide, f" in a table of {WIDE} entries")):
+                assert_close(day.paged_decode_attention(q, k_pool, v_pool, table, lens)[0], want,
+                             f"paged_decode_attention {name} at {n}{what}", **tol(torch.float16, 5))
+            t_paged = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, tables, lens))
+            t_wide = graph_us(lambda: day.paged_decode_attention(q, k_pool, v_pool, wide, lens))
+            suffix = "" if n == SHORT else f"_at_{n}"
+            result[f"{name}_paged_us{suffix}"] = round(t_paged, 2)
+            result[f"{name}_paged_wide_table_us{suffix}"] = round(t_wide, 2)
+            result[f"{name}_wide_over_narrow{suffix}"] = round(t_wide / t_paged, 2)
+            if n == SHORT:
+                t_27 = graph_us(lambda: contiguous(q[0], k, v, cache_len))
+                t_20 = graph_us(lambda: base(q[0], k, v, cache_len))
+                result[f"{name}_day27_us"] = round(t_27, 2)
+                result[f"{name}_day20_us"] = round(t_20, 2)
+                result[f"{name}_speed_vs_day20"] = round(t_20 / t_paged, 2)
     record_bench("day_30_paged_decode_short", result)
     for name in LAYOUTS:
         speed = result[f"{name}_speed_vs_day20"]
         assert speed >= SHORT_FLOOR, (f"{name}: at {SHORT} positions paged decode runs at {speed:.2f}x day 20's speed: does "
                             "each block's work follow the live length, and does the merge read only live splits?")
-        wide = result[f"{name}_wide_over_narrow"]
-        assert wide <= WIDE_CEILING, (f"{name}: {SHORT} positions in a table of {WIDE} entries take {wide:.2f}x their time "
-                                      f"in a table of {max_blocks}: size each split's chunk by the live length "
-                                      "(chunk_of), not by the table's width")
+        for n, suffix in ((SHORT, ""), (MID, f"_at_{MID}")):
+            wide = result[f"{name}_wide_over_narrow{suffix}"]
+            assert wide <= WIDE_CEILING, (f"{name}: {n} positions in a table of {WIDE} entries take {wide:.2f}x their "
+                                          f"time in a table of {max_blocks}: size each split's chunk by the live "
+                                          "length (chunk_of), not by the table's width")
