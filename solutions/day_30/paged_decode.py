@@ -8,6 +8,7 @@ at offset p % block_size. Everything else is day 27: blocks (split, KV head, seq
 partial softmaxes over chunks of keys (a team of lanes per key, a running state per query head in
 registers), a merge kernel combines them per (head, sequence).
 """
+import functools
 import math
 
 import numpy as np
@@ -121,14 +122,10 @@ def make_merge_kernel(hd, nthreads, bs):
     return merge_kernel
 
 
-_MERGES: dict = {}
-
-
+@functools.cache
 def merge_kernel_for(hd: int, nthreads: int, bs: int):
     """The merge kernel for these constants (compiled once per triple, then cached)."""
-    if (hd, nthreads, bs) not in _MERGES:
-        _MERGES[hd, nthreads, bs] = make_merge_kernel(hd, nthreads, bs)
-    return _MERGES[hd, nthreads, bs]
+    return make_merge_kernel(hd, nthreads, bs)
 
 
 # ---- the exercise: the split kernel through the block table -------------------------------------
@@ -281,15 +278,10 @@ def make_split_kernel(load, group, lanes, bs, hd, nthreads):
     return split_kernel
 
 
-_KERNELS: dict = {}
-
-
+@functools.cache
 def split_kernel_for(wide: bool, group: int, lanes: int, bs: int, hd: int, nthreads: int):
     """The split kernel for these constants (compiled once per set, then cached)."""
-    key = (wide, group, lanes, bs, hd, nthreads)
-    if key not in _KERNELS:
-        _KERNELS[key] = make_split_kernel(load8_wide if wide else load8, group, lanes, bs, hd, nthreads)
-    return _KERNELS[key]
+    return make_split_kernel(load8_wide if wide else load8, group, lanes, bs, hd, nthreads)
 
 
 _SMS: dict = {}
