@@ -74,8 +74,11 @@ def make_merge_kernel(hd, nthreads, bs):
     def merge_kernel(m_in, l_in, acc_in, context_lens, max_pos, out):
         """Block (query head h, sequence b): day 27's merge over sequence b's live splits
         s < cdiv(n_b, chunk), chunk = chunk_of(n_b, splits, bs), n_b = min(context_lens[b], max_pos)
-        (the others hold no key and wrote nothing). A sequence with no keys gets zeros. Shared
-        memory: [ m (groups) | l (groups) | acc (groups * hd) ]."""
+        (the others hold no key and wrote nothing). A sequence with no keys gets zeros.
+        Every live split's m goes to shared memory at once and the block takes their max M; then
+        each split's weight is exp(m_s - M) with no running rescale, so a thread's loads of
+        acc and l for two splits do not wait on each other's exp. Shared memory:
+        [ m (splits) | acc (groups * hd) | l (groups) ]."""
         h = cuda.blockIdx.x
         b = cuda.blockIdx.y
         tid = cuda.threadIdx.x
@@ -83,40 +86,53 @@ def make_merge_kernel(hd, nthreads, bs):
         n = min(context_lens[b], max_pos)
         chunk = chunk_of(n, splits, bs)
         live = min(splits, (n + chunk - 1) // chunk)
+        smem = cuda.shared.array(0, float32)
+        for s in range(tid, live, nthreads):
+            smem[s] = m_in[b, s, h]
+        cuda.syncthreads()                        # every live split's m is in place
+        big = NEG_INF
+        for s in range(live):
+            big = max(big, smem[s])
         g = tid // dstep
         d0 = tid % dstep
-        smem = cuda.shared.array(0, float32)
         if g < groups:
             for d in range(d0, hd, dstep):
-                big = NEG_INF
-                total = float32(0.0)
-                a = float32(0.0)
-                for s in range(g, live, groups):
-                    ms = m_in[b, s, h]
-                    mn = max(big, ms)
-                    c = rescale(big, mn)
-                    w = math.exp(ms - mn)
-                    total = total * c + w * l_in[b, s, h]
-                    a = a * c + w * acc_in[b, s, h, d]
-                    big = mn
+                a0 = float32(0.0)
+                a1 = float32(0.0)
+                t0 = float32(0.0)
+                t1 = float32(0.0)
+                s = g
+                while s + groups < live:          # two splits per step: four loads in flight
+                    x0 = acc_in[b, s, h, d]
+                    x1 = acc_in[b, s + groups, h, d]
+                    y0 = l_in[b, s, h]
+                    y1 = l_in[b, s + groups, h]
+                    w0 = rescale(smem[s], big)
+                    w1 = rescale(smem[s + groups], big)
+                    a0 += w0 * x0
+                    a1 += w1 * x1
+                    t0 += w0 * y0
+                    t1 += w1 * y1
+                    s += 2 * groups
+                if s < live:
+                    w0 = rescale(smem[s], big)
+                    a0 += w0 * acc_in[b, s, h, d]
+                    t0 += w0 * l_in[b, s, h]
+                a = a0 + a1
+                total = t0 + t1
                 if groups == 1:
                     out[b, h, d] = a / total if total > 0 else float32(0.0)
                 else:
-                    smem[2 * groups + g * hd + d] = a
+                    smem[splits + g * hd + d] = a
                     if d == 0:
-                        smem[g] = big
-                        smem[groups + g] = total
-        cuda.syncthreads()                        # every group's state is in place
+                        smem[splits + groups * hd + g] = total
+        cuda.syncthreads()                        # every group's sums are in place
         if groups > 1 and tid < hd:
-            big = NEG_INF
-            for gg in range(groups):
-                big = max(big, smem[gg])
-            total = float32(0.0)
             a = float32(0.0)
+            total = float32(0.0)
             for gg in range(groups):
-                f = rescale(smem[gg], big)
-                total += f * smem[groups + gg]
-                a += f * smem[2 * groups + gg * hd + tid]
+                a += smem[splits + gg * hd + tid]
+                total += smem[splits + groups * hd + gg]
             out[b, h, tid] = a / total if total > 0 else float32(0.0)
 
     return merge_kernel
@@ -202,9 +218,10 @@ def shared_floats(group: int, hd: int, lanes: int, block_size: int) -> int:
     return (block_size // state_span(lanes)) * group * (hd + 2)
 
 
-def merge_floats(hd: int, merge_block: int) -> int:
-    """The merge kernel's dynamic shared memory, in fp32 values: one (m, l, acc) state per group."""
-    return max(merge_block // hd, 1) * (hd + 2)
+def merge_floats(hd: int, merge_block: int, splits: int) -> int:
+    """The merge kernel's dynamic shared memory, in fp32 values: every split's m, then one (acc, l)
+    sum per group of threads."""
+    return splits + max(merge_block // hd, 1) * (hd + 1)
 
 
 def pick_splits(max_blocks: int, B: int, KV: int, kv_block: int, lanes: int, block_size: int, sms: int) -> int:
@@ -233,9 +250,10 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     # KV, int32 block_tables [B, max_blocks] and context_lens [B], the knobs as day 27. B == 0 or
     # max_blocks == 0: return zeros (written: torch.empty holds anything). splits = pick_splits(...)
     # when 0, else in 1..max_blocks (each sequence's chunk is found on the device: chunk_of);
-    # shared_floats(...) <= SHARED_FLOATS. View the pools as
+    # shared_floats(...) and merge_floats(hd, merge_block, splits) <= SHARED_FLOATS. View the pools as
     # [num_blocks * KV * kv_block, hd]; m, l [B, splits, H], acc [B, splits, H, hd] fp32; launch
     # split_kernel_for(wide, group, lanes, kv_block, hd, block_size) on (splits, KV, B) and the
-    # given merge_kernel_for(hd, merge_block, kv_block) on (H, B), with max_pos = max_blocks * kv_block.
+    # given merge_kernel_for(hd, merge_block, kv_block) on (H, B), with max_pos = max_blocks * kv_block
+    # and 4 * merge_floats(hd, merge_block, splits) bytes of shared memory.
     raise NotImplementedError("Day 30: paged_decode_attention is not written yet -- edit days/day_30/paged_decode.py "
                               "(lesson: notes/day_30_paged_decode.md)")
