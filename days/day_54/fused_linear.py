@@ -29,7 +29,7 @@ WARP = 32
 VEC = 8               # each lane takes 8 consecutive k per step (16 bytes of fp16)
 MAX_WARPS = 32        # scratch: one value per warp of the largest block (1024 threads)
 BUSY_WARPS = 4096     # linear_add: split short matrices' rows over more warps until about this many run
-BLOCKS_PER_SM = 8     # norm_linear: enough resident blocks to keep memory busy; each loops over rows
+BLOCKS_PER_SM = 4     # norm_linear: resident blocks per SM (64 registers a thread: 4 of 256 fill an SM); each loops over rows
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
 
 
