@@ -89,3 +89,40 @@ def test_the_next_launch_works_after_a_divergent_one(device):
         gpu.launch(tree_sum_barrier_in_if, 1, 32, x, out)
     gpu.launch(tree_sum, 2, 32, x, out)
     assert out.item() == 32
+
+
+@cuda.jit(device=True)
+def count_up(n):
+    s = float32(0.0)
+    for _ in range(n):
+        s += float32(1.0)
+    return s
+
+
+@cuda.jit
+def one_thread_raises(out, n):
+    tid = cuda.threadIdx.x
+    if tid == 0:
+        out[tid] = out[out.shape[0]]     # out of bounds: the launch fails while the others still run
+    out[tid] = count_up(n)
+
+
+@cuda.jit
+def block_sizes(out):
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if i < out.shape[0]:
+        out[i] = count_up(3) + cuda.blockDim.x
+
+
+@pytest.mark.skipif(not gpu.SIM, reason="simulator threads")
+def test_a_failed_launch_leaves_no_thread_running_into_the_next(device):
+    """Numba's simulator raises as soon as one thread fails and leaves the others running; while they
+    run, their module's `cuda` is the failed launch's fake one, so the next launch from the module
+    read the old blockDim (most such pairs were wrong before shared/runtime/simbarrier.py joined them)."""
+    for _ in range(3):
+        with pytest.raises(Exception):
+            gpu.launch(one_thread_raises, 1, 32, torch.zeros(32, device=device), 3000)
+        out = torch.zeros(64, device=device)
+        gpu.launch(block_sizes, 4, 16, out)
+        assert (out == 19).all(), (f"the launch after a failed one wrote {sorted(set(out.tolist()))}, expected 19 "
+                                   "(3 + its blockDim of 16): it read the failed launch's blockDim")

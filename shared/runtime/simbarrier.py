@@ -9,7 +9,9 @@ block loop with the same loop plus one check at each release:
 - every waiting thread is at its n-th barrier (the same count) and at the same call site, and
 - no thread of the block finished with fewer than n barriers.
 
-Otherwise the launch fails at once with BarrierDivergence. `install()` is called by
+Otherwise the launch fails at once with BarrierDivergence. When a launch fails, every thread of
+the block is stopped before the error reaches the caller (numba leaves them running into the next
+launch), and a shared array's first use is made under a lock. `install()` is called by
 shared.runtime.gpu in the sim tier; it never touches the GPU path.
 """
 from __future__ import annotations
@@ -102,12 +104,44 @@ def install() -> None:
 
     sim.BlockThread.syncthreads = syncthreads
     sim.BlockManager.run = run
+    _lock_shared_arrays()
     sim.BlockManager._tinyinfer_checked = True
 
 
+def _lock_shared_arrays() -> None:
+    """The simulator makes a block's `cuda.shared.array` on the first call from a line (file and
+    line are the key); two threads arriving together could each make one and keep a private copy.
+    The same lookup, under one lock (and from the caller's frame, not a whole stack trace)."""
+    import threading
+    import numpy as np
+    from numba.cuda.simulator import kernelapi
+    types, numpy_support = kernelapi.types, kernelapi.numpy_support    # numba's own, whatever its version
+    plain_array, lock = kernelapi.FakeCUDAShared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:       # dynamic shared memory, or numba's own refusal
+            return plain_array(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                np_dtype = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                res = self._allocations[key] = np.empty(shape, np_dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 def _abort(threads) -> None:
-    """Wake every waiting thread with its abort flag set, as the simulator does on an exception."""
+    """Wake every waiting thread with its abort flag set, as the simulator does on an exception,
+    then wait until every thread of the block has stopped. Numba's simulator leaves them running:
+    a thread still inside the kernel holds its module's `cuda` swapped for this launch's fake one,
+    so the next launch from that module would read this launch's blockDim, gridDim and shared
+    arrays (wrong results in a later, unrelated test)."""
     for t in threads:
         t.abort = True
         t.syncthreads_blocked = False
         t.syncthreads_event.set()
+    for t in threads:
+        t.join()
