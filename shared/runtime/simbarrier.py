@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
+JOIN_SECONDS = 30      # how long a failed launch waits for its block's threads to stop
 MESSAGE = "cuda.syncthreads() not reached by every thread of the block: a barrier inside an `if`?"
 
 
@@ -138,10 +140,12 @@ def _abort(threads) -> None:
     then wait until every thread of the block has stopped. Numba's simulator leaves them running:
     a thread still inside the kernel holds its module's `cuda` swapped for this launch's fake one,
     so the next launch from that module would read this launch's blockDim, gridDim and shared
-    arrays (wrong results in a later, unrelated test)."""
+    arrays (wrong results in a later, unrelated test). A thread that never stops (an endless loop)
+    is left behind after JOIN_SECONDS, as numba would leave it."""
     for t in threads:
         t.abort = True
         t.syncthreads_blocked = False
         t.syncthreads_event.set()
+    deadline = time.monotonic() + JOIN_SECONDS
     for t in threads:
-        t.join()
+        t.join(max(0.0, deadline - time.monotonic()))
