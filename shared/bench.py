@@ -453,9 +453,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llama-bench", default=None, metavar="PATH",
                    help="a llama-bench binary (default: one on PATH when --gguf is given)")
     p.add_argument("--gguf", default=None, metavar="FILE", help="the GGUF of this model for llama-bench")
+    spec = p.add_argument_group("speculative decoding (day 39): plain vs each method on shared/spec_prompts.py")
+    spec.add_argument("--speculative", nargs="?", const="ngram,draft", default=None, metavar="METHODS",
+                      help="run this benchmark instead: comma-separated methods, ngram and/or draft (default both)")
+    spec.add_argument("--spec-k", default="4", metavar="K", help="tokens drafted per target step, 1..16 or auto")
+    spec.add_argument("--draft-layers", type=int, default=None, metavar="L",
+                      help="the self-draft's depth: the target's first L layers (default 4)")
+    spec.add_argument("--reps", type=int, default=None, help="timed runs per prompt and method, best kept "
+                      "(default 3 on a GPU, 1 on the CPU)")
+    spec.add_argument("--prompts-per-family", type=int, default=None, metavar="N",
+                      help="only the first N prompts of each family (default all 8)")
+
+
+def run_speculative(args: argparse.Namespace) -> dict:
+    """`tinyinfer bench --speculative`: shared/spec_bench.py, its report printed and written to --out."""
+    from shared import spec_bench
+    bench_only = [f for f, v in (("--contexts", args.contexts), ("--prompt-lengths", args.prompt_lengths),
+                                 ("--prompt-tokens", args.prompt_tokens), ("--peer", args.peer),
+                                 ("--llama-bench", args.llama_bench), ("--gguf", args.gguf)) if v]
+    if bench_only:
+        raise ValueError(f"--speculative runs its own prompts and engines: drop {', '.join(bench_only)}")
+    k = args.spec_k if args.spec_k == "auto" else int(args.spec_k) if args.spec_k.isdigit() else args.spec_k
+    report = spec_bench.run(args.model, track=args.track, dtype=args.dtype,
+                            methods=[m.strip() for m in args.speculative.split(",") if m.strip()], k=k,
+                            draft_layers=spec_bench.SELF_DRAFT_LAYERS if args.draft_layers is None else args.draft_layers,
+                            new_tokens=args.new_tokens, reps=args.reps, per_family=args.prompts_per_family)
+    paths = spec_bench.write(report, Path(args.out))
+    print(spec_bench.markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return report
 
 
 def run_args(args: argparse.Namespace) -> dict:
+    if getattr(args, "speculative", None) is not None:
+        return run_speculative(args)
     report = run(args.model, track=args.track, dtype=args.dtype, contexts=args.contexts,
                  prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
