@@ -308,8 +308,10 @@ def cmd_generate(args) -> int:
     else:
         print("".join(pieces))
     s = engine.stats
+    rate = s.decode_tok_s
+    rate = f"{rate:.1f} tok/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s per token"   # the simulator
     print(f"[{s.prompt_tokens} prompt + {s.new_tokens} new tokens; TTFT {s.ttft_s * 1e3:.0f} ms; "
-          f"decode {s.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+          f"decode {rate}]", file=sys.stderr)
     if getattr(s, "spec", None) is not None:          # --speculative: tokens per target step, acceptance
         print(f"[{s.spec.describe(s.new_tokens)}]", file=sys.stderr)
     return 0
