@@ -130,3 +130,28 @@ def test_every_proposal_follows_the_rule(day):
         assert got == want, f"{what}, expected {want} (the longest n-gram, then the latest occurrence, up to k)"
 
     check()
+
+
+# Ids whose bytes overlap when shifted by one or two bytes: 256 is 00 01 00 00, 1 is 01 00 00 00, ...
+BYTE_SHARING_IDS = [0, 1, 2, 256, 257, 512, 65536, 65537, 65792, 131328, 16777216, 16843009]
+
+
+def test_large_ids_that_share_bytes_follow_the_rule(day):
+    """Vocabularies reach 128k ids and more. A search over the tokens' bytes (or characters) must
+    not find a run that starts inside a token: random contexts over ids whose bytes overlap."""
+    if given is None:
+        pytest.fail("day 34's property test needs hypothesis: pip install hypothesis")
+
+    @settings(max_examples=400, derandomize=True, database=None, deadline=None)
+    @given(data=st.data())
+    def check(data):
+        tokens = data.draw(st.lists(st.sampled_from(BYTE_SHARING_IDS), max_size=40))
+        k = data.draw(st.integers(1, 6))
+        n = data.draw(st.integers(1, 4))
+        min_n = data.draw(st.integers(1, n))
+        got = day.ngram_draft(list(tokens), k, n=n, min_n=min_n)
+        want = rule(tokens, k, n, min_n)
+        assert got == want, (f"ngram_draft({tokens}, k={k}, n={n}, min_n={min_n}) = {got}, expected {want}: "
+                             "an occurrence is a run of whole tokens")
+
+    check()
