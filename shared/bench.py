@@ -468,14 +468,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_speculative(args: argparse.Namespace) -> dict:
     """`tinyinfer bench --speculative`: shared/spec_bench.py, its report printed and written to --out."""
     from shared import spec_bench
+    from shared.engine.speculative import parse_k
     bench_only = [f for f, v in (("--contexts", args.contexts), ("--prompt-lengths", args.prompt_lengths),
                                  ("--prompt-tokens", args.prompt_tokens), ("--peer", args.peer),
                                  ("--llama-bench", args.llama_bench), ("--gguf", args.gguf)) if v]
     if bench_only:
         raise ValueError(f"--speculative runs its own prompts and engines: drop {', '.join(bench_only)}")
-    k = args.spec_k if args.spec_k == "auto" else int(args.spec_k) if args.spec_k.isdigit() else args.spec_k
     report = spec_bench.run(args.model, track=args.track, dtype=args.dtype,
-                            methods=[m.strip() for m in args.speculative.split(",") if m.strip()], k=k,
+                            methods=[m.strip() for m in args.speculative.split(",") if m.strip()],
+                            k=parse_k(args.spec_k),
                             draft_layers=spec_bench.SELF_DRAFT_LAYERS if args.draft_layers is None else args.draft_layers,
                             new_tokens=args.new_tokens, reps=args.reps, per_family=args.prompts_per_family)
     paths = spec_bench.write(report, Path(args.out))

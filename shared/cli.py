@@ -232,20 +232,14 @@ def _ignored_block_flags(engine, args) -> str | None:
 def _check_speculative(args) -> int | str:
     """--speculative / --spec-k / --draft-layers / --draft-model: one line before any model loads
     (a depth past the model's own is caught once it has loaded); the K to use (a number or "auto")."""
-    from shared.engine.speculative import DEFAULT_K, MAX_K, check_draft, check_options
+    from shared.engine.speculative import DEFAULT_K, check_draft, check_options, parse_k
     if args.speculative != "draft" and (args.draft_layers is not None or args.draft_model is not None):
         raise UsageError("--draft-layers and --draft-model need --speculative draft")
     if args.speculative is None:
         if args.spec_k is not None:
             raise UsageError("--spec-k needs --speculative ngram or --speculative draft")
         return DEFAULT_K
-    k = DEFAULT_K if args.spec_k is None else args.spec_k
-    if k != "auto":
-        try:
-            k = int(k)
-        except ValueError:
-            raise UsageError(f"--spec-k takes a number of drafts per target step (1..{MAX_K}) or auto, "
-                             f"got {args.spec_k!r}") from None
+    k = DEFAULT_K if args.spec_k is None else parse_k(args.spec_k)
     check_options(args.speculative, k)
     check_draft(args.speculative, args.draft_layers, args.draft_model)
     if args.temperature > 0:

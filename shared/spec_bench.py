@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from shared import spec_prompts
-from shared.engine.speculative import METHODS, check_options
+from shared.engine.speculative import METHODS, check_draft, check_options
 
 SELF_DRAFT_LAYERS = 4        # --draft-layers default: the target's first 4 layers (+ its norm and head)
 
@@ -25,8 +25,8 @@ def check(methods, k, draft_layers, new_tokens, reps, per_family) -> None:
         check_options(m, k)
     if not methods:
         raise ValueError(f"--speculative needs at least one method: {','.join(METHODS)}")
-    if "draft" in methods and (isinstance(draft_layers, bool) or not isinstance(draft_layers, int) or draft_layers < 1):
-        raise ValueError(f"--draft-layers must be an integer >= 1, got {draft_layers!r}")
+    if "draft" in methods:
+        check_draft("draft", draft_layers)
     for name, v, low in (("--new-tokens", new_tokens, 2), ("--reps", reps, 1), ("--prompts-per-family", per_family, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")

@@ -47,6 +47,17 @@ def check_options(method: str | None, k: int | str) -> None:
                          f"or 'auto', got {k!r}")
 
 
+def parse_k(text: str) -> int | str:
+    """--spec-k's text as K: "auto" or an integer (its range is check_options')."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--spec-k takes a number of drafts per target step (1..{MAX_K}) or auto, "
+                         f"got {text!r}") from None
+
+
 def step_params(weights) -> int:
     """Parameters one decode step reads: every layer's matrices and the lm_head (one embedding row)."""
     layers = sum(t.numel() for L in weights.layers for t in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down))
