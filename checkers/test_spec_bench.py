@@ -66,3 +66,9 @@ def test_tokens_equal_to_plain_counts_the_agreeing_prefix():
     assert spec_bench._leading_equal([5, 6, 7, 8], [5, 6, 9, 8]) == 2
     assert spec_bench._leading_equal([5, 6], [5, 6]) == 2
     assert spec_bench._leading_equal([4], [5]) == 0
+
+
+def test_a_self_draft_deeper_than_the_model_is_refused_in_one_line(capsys):
+    """The default depth shrinks to fit a shallow model; a depth the user gives is never changed."""
+    assert_cli_refuses(["bench", "--model", "tiny", "--dtype", "fp32", "--speculative", "draft"],
+                       [["--draft-layers", "99"]], capsys)

@@ -477,7 +477,7 @@ def run_speculative(args: argparse.Namespace) -> dict:
     report = spec_bench.run(args.model, track=args.track, dtype=args.dtype,
                             methods=[m.strip() for m in args.speculative.split(",") if m.strip()],
                             k=parse_k(args.spec_k),
-                            draft_layers=spec_bench.SELF_DRAFT_LAYERS if args.draft_layers is None else args.draft_layers,
+                            draft_layers=args.draft_layers,
                             new_tokens=args.new_tokens, reps=args.reps, per_family=args.prompts_per_family)
     paths = spec_bench.write(report, Path(args.out))
     print(spec_bench.markdown(report))

@@ -26,7 +26,7 @@ def check(methods, k, draft_layers, new_tokens, reps, per_family) -> None:
     if not methods:
         raise ValueError(f"--speculative needs at least one method: {','.join(METHODS)}")
     if "draft" in methods:
-        check_draft("draft", draft_layers)
+        check_draft("draft", SELF_DRAFT_LAYERS if draft_layers is None else draft_layers)
     for name, v, low in (("--new-tokens", new_tokens, 2), ("--reps", reps, 1), ("--prompts-per-family", per_family, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -47,19 +47,21 @@ def _timed(engine, ids, new_tokens: int, reps: int):
     return out, best
 
 
-def run(model=None, *, track=None, dtype=None, methods=METHODS, k=4, draft_layers=SELF_DRAFT_LAYERS,
+def run(model=None, *, track=None, dtype=None, methods=METHODS, k=4, draft_layers=None,
         new_tokens=None, reps=None, per_family=None, progress=print) -> dict:
-    """Every prompt plain and with each method; returns the report (see markdown())."""
+    """Every prompt plain and with each method; returns the report (see markdown()). draft_layers
+    None: SELF_DRAFT_LAYERS, or fewer on a shallower model; a depth given is the engine's to refuse."""
     from shared.engine import Engine
     from shared.runtime import gpu
     methods = tuple(methods)
     check(methods, k, draft_layers, new_tokens, reps, per_family)
     # built for the first method, so the engine's own checks run (a finished day 35, day 38 for K=auto)
     engine = Engine(model, track=track, dtype=dtype, speculative=methods[0], spec_k=k,
-                    draft_layers=draft_layers if methods[0] == "draft" else None)
+                    draft_layers=(draft_layers or SELF_DRAFT_LAYERS) if methods[0] == "draft" else None)
     if engine.config.num_layers < 2 and "draft" in methods:
         raise ValueError("the model has one layer: a self-draft needs a target with more layers than the draft")
-    draft_layers = min(draft_layers, engine.config.num_layers - 1)
+    if draft_layers is None:
+        draft_layers = min(SELF_DRAFT_LAYERS, engine.config.num_layers - 1)
     new_tokens = new_tokens or (128 if engine.on_gpu else 24)
     reps = reps or (3 if engine.on_gpu else 1)
     if new_tokens >= engine.max_seq:
