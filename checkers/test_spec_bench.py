@@ -72,3 +72,21 @@ def test_a_self_draft_deeper_than_the_model_is_refused_in_one_line(capsys):
     """The default depth shrinks to fit a shallow model; a depth the user gives is never changed."""
     assert_cli_refuses(["bench", "--model", "tiny", "--dtype", "fp32", "--speculative", "draft"],
                        [["--draft-layers", "99"]], capsys)
+
+
+def test_the_pick_inside_the_verify_graph_keeps_plain_greedys_tokens(tiny_model):
+    """With graphs the engine captures the greedy pick at the end of each verify graph (`picking`): a
+    replay returns token ids, while the prefill still hands the loop logits. The simulator has no
+    graphs, so DecodeGraphs calls the step itself: the same code path, checked here on the CPU."""
+    from shared.engine import Engine
+    from shared.engine.speculative import Speculator
+    e = Engine(str(tiny_model), track="solutions", dtype="fp32")
+    ids = e.prompt_ids("the cat sat on the mat. the cat sat on the mat. the cat", chat=False)
+    plain = list(e.generate_ids(ids, max_new_tokens=12, ignore_eos=True))
+    e.speculative, e.spec_k = "ngram", 3
+    runner = e.runner(len(ids) + 12)
+    e._speculator = sp = Speculator(e.ops, runner, "ngram", 3, graphs_cls=e.ops.DecodeGraphs)
+    out = list(e.generate_ids(ids, max_new_tokens=12, ignore_eos=True))
+    assert e._speculator is sp, "the engine built its own speculator: this test no longer reaches `picking`"
+    assert out == plain, f"{out} != plain greedy {plain}"
+    assert e.stats.spec.steps < len(out) - 1, "the n-gram drafts should have landed on this repeated text"

@@ -6,7 +6,8 @@ file gives it its parts: the drafter by name (`ngram`: day 34's `ngram_draft`; `
 `ModelDraft`, a draft model on its own runner and static cache, graphed like the target), day
 33's Verifier on the runner's cache (graphed like the decode step when the engine uses graphs),
 the greedy pick the plain loop uses (the track's `sample` at temperature 0, so ties break the
-same way), and the counters the footer reports. With greedy decoding the tokens are plain
+same way; with graphs it is captured at the end of the verify's graph), and the counters the
+footer reports. With greedy decoding the tokens are plain
 decoding's.
 
 K per round (day 38): the loop is given the most drafts a round may take, and the drafter it
@@ -185,6 +186,15 @@ class Pacer:
         return list(self.draft(context, k))[:k]
 
 
+def picking(graphs_cls, pick):
+    """graphs_cls whose graphs end with `pick` (the greedy sample of each row): a replay returns the
+    T picks, not [T, vocab] logits, so between a verify and the one read back of its round the host
+    launches nothing (the sampler's own launches cost more host time than a small kernel's GPU time)."""
+    def make(step, **kwargs):
+        return graphs_cls(lambda T, bucket: pick(step(T, bucket)), **kwargs)
+    return make
+
+
 class Speculator:
     """One per runner and K: the Verifier's fixed buffers and graphs live as long as the runner."""
 
@@ -193,6 +203,10 @@ class Speculator:
         self.ops, self.runner, self.method, self.k = ops, runner, method, k
         self.bounds = AUTO_K if k == "auto" else (k, k)
         most = self.bounds[1]                    # the most drafts a round may take: buffers and graphs
+        greedy = self.greedy = lambda logits: ops.sample(logits, 0.0, 0, 1.0, None)
+        if graphs_cls is not None:           # the pick inside the verify's graph: a replay returns T token ids
+            graphs_cls = picking(graphs_cls, greedy)
+            self.greedy = lambda out: out if not out.is_floating_point() else greedy(out)   # the prefill: logits
         self.verifier = ops.Verifier(runner, max_k=most, graphs_cls=graphs_cls)
         self.draft_weights = draft_weights
         self.cost = ROW_COST
@@ -215,5 +229,5 @@ class Speculator:
         pacer = Pacer(self.draft, controller, stats)
         yield from ops.speculative(self.runner, prompt_ids, verify=self.verifier, draft=pacer, k=self.bounds[1],
                                    max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
-                                   greedy=lambda logits: ops.sample(logits, 0.0, 0, 1.0, None), stats=stats)
+                                   greedy=self.greedy, stats=stats)
         pacer.settle()                           # the last round
