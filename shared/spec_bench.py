@@ -88,13 +88,32 @@ def run(model=None, *, track=None, dtype=None, methods=METHODS, k=4, draft_layer
                 row[m] = {"tok_s": tok_s, "vs_plain": tok_s / plain_tok_s if plain_tok_s else None,
                           "tokens_per_step": s.tokens_per_step(engine.stats.new_tokens),
                           "acceptance": s.acceptance, "equal_tokens": _leading_equal(out, plain),
-                          "tokens": len(out)}
+                          "tokens": len(out),
+                          "run": {"rounds": s.steps, "drafted": s.drafted,         # day 39's Run
+                                  "seconds": (len(out) - 1) / tok_s if tok_s else 0.0,
+                                  "step_seconds": 1 / plain_tok_s if plain_tok_s else 0.0}}
             engine.speculative, engine.draft_layers = None, None
             report["rows"].append(row)
             progress(f"{family:8s} {name:18s} plain {plain_tok_s:7.1f} tok/s  " + "  ".join(
                 f"{m} {row[m]['tokens_per_step']:.2f}/step {row[m]['vs_plain'] or 0:.2f}x" for m in methods))
     report["families"] = summary(report)
+    report["round_cost"] = {m: round_cost(engine.ops, report["rows"], m) for m in methods}
     return report
+
+
+def round_cost(ops, rows: list[dict], method: str) -> dict | None:
+    """Day 39: the track's fit of a round's cost over this method's runs (steps per round = overhead +
+    per_draft * drafts per round), and each run's speedup predicted from it; None when the runs
+    cannot give a line (every run drafted as many per round: a draft model at fixed K)."""
+    from shared.reference.round_cost import Run
+    runs = [Run(**r[method]["run"]) for r in rows]
+    try:
+        fit = ops.fit_round_cost(runs)
+    except ValueError:
+        return None
+    for r, run in zip(rows, runs):
+        r[method]["predicted_vs_plain"] = r[method]["tokens_per_step"] / fit.steps(ops.drafts_per_round(run))
+    return {"overhead": fit.overhead, "per_draft": fit.per_draft, "runs": len(runs)}
 
 
 def summary(report: dict) -> dict:
@@ -135,14 +154,20 @@ def markdown(report: dict) -> str:
             sp = f"{s['speedup_geomean']:.2f}×" if s["speedup_geomean"] else "–"
             lines.append(f"| {family} | {m} | {sp} | {s['tokens_per_step_mean']:.2f} | "
                          f"{'yes' if s['all_equal_to_plain'] else 'no'} |")
+    for m, fit in report.get("round_cost", {}).items():
+        lines.append(f"Round cost, {m} (day 39: a line over its {fit['runs']} runs): {fit['overhead']:.3f} plain steps "
+                     f"+ {fit['per_draft']:.3f} per draft; 'predicted' below is tokens per step over that line."
+                     if fit else f"Round cost, {m}: no line (every run drafted as many per round; time a second K).")
     lines += ["", "| family | prompt | prompt tokens | plain tok/s | "
-              + " | ".join(f"{m} tok/s | {m} × | {m} tokens/step | {m} acceptance | {m} = plain" for m in methods) + " |",
-              "|---|---|---:|---:|" + "---:|---:|---:|---:|---:|" * len(methods)]
+              + " | ".join(f"{m} tok/s | {m} × | {m} predicted × | {m} tokens/step | {m} acceptance | {m} = plain"
+                           for m in methods) + " |",
+              "|---|---|---:|---:|" + "---:|---:|---:|---:|---:|---:|" * len(methods)]
     for r in report["rows"]:
         cells = [r["family"], r["prompt"], str(r["prompt_tokens"]), f"{r['plain_tok_s']:.1f}"]
         for m in methods:
             c = r[m]
             cells += [f"{c['tok_s']:.1f}", f"{c['vs_plain']:.2f}" if c["vs_plain"] else "–",
+                      f"{c['predicted_vs_plain']:.2f}" if "predicted_vs_plain" in c else "–",
                       f"{c['tokens_per_step']:.2f}", f"{100 * c['acceptance']:.0f}%", f"{c['equal_tokens']}/{c['tokens']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

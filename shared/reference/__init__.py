@@ -17,6 +17,7 @@ from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
 from shared.reference.acceptance import AcceptanceStats, AdaptiveK, choose_k, expected_tokens
+from shared.reference.round_cost import RoundCost, drafts_per_round, fit_round_cost, steps_per_round
 from shared.reference.model_draft import ModelDraft, model_draft, self_draft
 from shared.reference.quant import dequantize, quantize_int8
 from shared.reference.quant import linear_w8a16
@@ -31,6 +32,7 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "paged_decode_attention", "BlockAllocator", "PagedCache", "add_rmsnorm", "linear_add", "norm_linear",
            "verify", "Verifier", "ngram_draft", "speculative", "spec_sample", "sample_probs",
            "expected_tokens", "choose_k", "AcceptanceStats", "AdaptiveK",
+           "RoundCost", "steps_per_round", "drafts_per_round", "fit_round_cost",
            "model_draft", "ModelDraft", "self_draft",
            "quantize_int8", "dequantize",
            "linear_w8a16",
