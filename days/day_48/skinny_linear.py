@@ -44,7 +44,7 @@ SKINNY_MAX_T = 64    # path "auto": 2 <= T <= this takes the tensor cores (on a 
 # runs each mma as Python for every thread, so there "auto" leaves every T to the previous day and the
 # checker asks for path="mma" by name, as day 11 does for its skinny kernel)
 AUTO_SKINNY_MAX_T = 1 if gpu.SIM else SKINNY_MAX_T
-BUSY_WARPS = 1024    # split K over more warps until about this many run (each has 4 KB of w in flight)
+BUSY_WARPS = 2048    # split K over more warps until about this many run (each has 4 KB of w in flight)
 PATHS = ("auto", "mma")   # this day's paths; any other goes to the previous linear with its options
 TRACK = __name__.split(".")[0]      # "days" or "solutions": what this day does not take stays on this track
 
