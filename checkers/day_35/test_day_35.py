@@ -354,11 +354,11 @@ def test_smollm2_fp32_equals_plain_greedy(day, track, smollm2, paged):
 @pytest.mark.bench
 @pytest.mark.model
 def test_bench_speculative_vs_plain(day, track, smollm2):
-    """fp16, graphs, static cache: decode tok/s of speculative ngram (K 2, 4, 8) vs plain on the
-    grounded prompt, same run; tokens per step, acceptance and how many tokens agree with plain
-    (fp16: the verify's batched arithmetic may round differently). Fails only if speculation is
-    slower than plain decoding where most drafts are right."""
-    e = _smol(day, smollm2, track, "fp16", paged=False, graphs=None)
+    """fp16, graphs, the paged cache (the engine's own): decode tok/s of speculative ngram (K 2, 4,
+    8) vs plain on the grounded prompt, same run; tokens per step, acceptance and how many tokens
+    agree with plain (fp16: the verify's batched arithmetic may round differently). Fails only if
+    speculation is slower than plain decoding where rounds yield two tokens or more."""
+    e = _smol(day, smollm2, track, "fp16", paged=True, graphs=None)
     ids = e.prompt_ids(GROUNDED, chat=True)
     e.speculative = None
 
@@ -382,5 +382,5 @@ def test_bench_speculative_vs_plain(day, track, smollm2):
                        f"k{k}_tokens_per_step": s.tokens_per_step(e.stats.new_tokens),
                        f"k{k}_acceptance": s.acceptance, f"k{k}_tokens_equal_to_plain": agree})
     record_bench("day_35_speculative_vs_plain", result)
-    assert result["k4_acceptance"] > 0.5, f"test setup: the grounded prompt should accept most drafts: {result}"
+    assert result["k4_tokens_per_step"] >= 1.8, f"test setup: the grounded prompt should copy: {result}"
     assert result["k4_speedup"] > 1.0, f"speculative ngram K=4 is slower than plain decoding on a grounded prompt: {result}"
