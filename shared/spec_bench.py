@@ -154,6 +154,7 @@ def markdown(report: dict) -> str:
             sp = f"{s['speedup_geomean']:.2f}×" if s["speedup_geomean"] else "–"
             lines.append(f"| {family} | {m} | {sp} | {s['tokens_per_step_mean']:.2f} | "
                          f"{'yes' if s['all_equal_to_plain'] else 'no'} |")
+    lines.append("")
     for m, fit in report.get("round_cost", {}).items():
         lines.append(f"Round cost, {m} (day 39: a line over its {fit['runs']} runs): {fit['overhead']:.3f} plain steps "
                      f"+ {fit['per_draft']:.3f} per draft; 'predicted' below is tokens per step over that line."
