@@ -23,6 +23,7 @@ from shared.reference.quant import dequantize, quantize_int8
 from shared.reference.quant import linear_w8a16
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
+from shared.reference.prefix_cache import CachedBlock, PrefixCache
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
@@ -37,4 +38,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "quantize_int8", "dequantize",
            "linear_w8a16",
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
-           "Scheduler", "generate_all", "Request", "StepOutput"]
+           "Scheduler", "generate_all", "Request", "StepOutput",
+           "PrefixCache", "CachedBlock"]
