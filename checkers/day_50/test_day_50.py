@@ -228,7 +228,6 @@ def test_truncate_then_a_different_token_keeps_every_sequence_right(day):
     c.free("a"); del m.tokens["a"]
     c.truncate("s", 6); m.tokens["s"] = m.tokens["s"][:6]
     m.append("s", 7)                                    # position 6: a cached block would be written
-    m.append("s", 7)
     m.check("after truncate and append")
     m.prefill("b", p + [1])                             # must read the original KV of p, wherever it is
     m.check("a prompt of the original tokens after the truncate")
