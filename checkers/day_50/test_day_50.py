@@ -17,9 +17,14 @@ import random
 import re
 
 import pytest
+import torch
 
 from shared import reference
+from shared.course.registry import Ops
+from shared.engine.batch import BatchRunner
 from shared.engine.errors import OutOfBlocksError
+from shared.engine.sequence import SamplingParams
+from shared.reference.scheduler import Request
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -356,3 +361,71 @@ def run_scenario(day, seed):
 def test_random_scenarios_in_lockstep(day):
     evicted = [run_scenario(day, seed) for seed in range(40)]
     assert any(evicted) and not all(evicted), "the scenarios cover pools that evict and pools that do not"
+
+
+# ---- the tiny model through day 48's BatchRunner with the prefix cache on ------------------------------
+@pytest.fixture(scope="module")
+def table(sizes):
+    """In the simulator: reference kernels (a simulated GEMV of every weight takes minutes). On a GPU:
+    every component from the track."""
+    return sizes(tiny={n: getattr(reference, n) for n in reference.__all__}, real={})
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_model, device):
+    w = reference.load_model(tiny_model, dtype=torch.float32, device=device)
+    w.inv_freq = reference.rope_frequencies(w.config).to(device)
+    return w
+
+
+def runners(day, ops, table, weights, device, num_blocks):
+    """The same model without and with your PrefixCache as the pool's allocator."""
+    bops = Ops(ops.track, overrides={**table, "PrefixCache": day.PrefixCache})
+    make = lambda on: BatchRunner(bops, weights, device, torch.float32, num_blocks=num_blocks, block_size=4,
+                                  max_batch=4, prefix_cache=on)
+    return make(False), make(True)
+
+
+def test_tiny_model_prefill_logits_unchanged(day, ops, table, weights, device):
+    """A prompt prefilled after its prefix was cached (partly, and to its last token) gives the
+    logits of a prefill from scratch."""
+    off, on = runners(day, ops, table, weights, device, 16)
+    rng = random.Random(50)
+    V = weights.config.vocab_size
+    system = [rng.randrange(3, V) for _ in range(8)]             # 2 full blocks of 4
+    for i, p in enumerate([system + [5, 6, 7, 8], system + [9], system, system + [5, 6, 7, 8, 1]]):
+        want = off.prefill(i, p)
+        got = on.prefill(i, p)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), \
+            f"prompt {i} ({len(p)} tokens): prefill logits with the prefix cache differ by " \
+            f"{float((got - want).abs().max()):.2e} from a prefill from scratch"
+    assert on.cached_tokens == 0 + 8 + 7 + 12, \
+        f"cached prompt tokens: 0, then 8 (the 2 system blocks), 7 (all of them but the last token), 12 " \
+        f"(the first prompt's 3 blocks), got {on.cached_tokens}"
+
+
+def test_tiny_model_outputs_unchanged_with_the_prefix_cache(day, ops, table, weights, device):
+    """Requests sharing a system prompt, through day 49's scheduler (the reference), in a pool small
+    enough to preempt (a preempted request's recompute hits its own blocks) and to evict: every
+    request's greedy tokens equal those without the cache."""
+    rng = random.Random(500)
+    V = weights.config.vocab_size
+    system = [rng.randrange(3, V) for _ in range(9)]
+    prompts = [system + [rng.randrange(3, V) for _ in range(rng.randrange(0, 9))] for _ in range(6)]
+    prompts += [prompts[1], system[:8]]                          # a repeat, a prompt of cached blocks only
+    lens = [rng.randrange(6, 14) for _ in prompts]
+    off, on = runners(day, ops, table, weights, device, 10)
+    outs = []
+    for runner in (off, on):
+        s = reference.Scheduler(runner, max_num_seqs=3)
+        reqs = [Request(i, p, SamplingParams(max_tokens=n), ()) for i, (p, n) in enumerate(zip(prompts, lens))]
+        for r in reqs:
+            s.add(r)
+        while s.has_work:
+            s.step()
+        outs.append([r.output_ids for r in reqs])
+    assert s.num_preemptions >= 1, "10 blocks of 4 for these requests must preempt"
+    assert outs[1] == outs[0], f"with the prefix cache: {outs[1]}, without: {outs[0]}"
+    assert on.cached_tokens >= 8 * (len(prompts) - 3), \
+        f"requests after the first ones share the system prompt's 2 full blocks: {on.cached_tokens} tokens cached"
+    assert on.num_free == 10, f"{10 - on.num_free} blocks still held after every request finished"

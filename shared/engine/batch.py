@@ -7,10 +7,17 @@ each, replaying a CUDA graph per batch-size bucket) -- day 48 once finished, els
 shared/reference/batch.py. The runner owns one of each and adds what a scheduler asks before it
 picks a batch: how many blocks a step would take, and a warm-up that captures every bucket.
 Sequence ids are any hashable value (a request id); the host owns every table and length.
+
+With `prefix_cache=True` the pool's allocator is `ops.PrefixCache` (day 50): a prompt's first full
+blocks that are cached already (same tokens, same prefix) are shared, and the prefill computes
+only the rest, attending over the sequence's blocks gathered from the pool (day 31's chunk path).
+Only prompt blocks are cached: a decode step appends without token ids (day 48's cache).
 """
 from __future__ import annotations
 
 import torch
+
+from shared.engine.runner import check_ids
 
 
 class BatchRunner:
@@ -18,12 +25,17 @@ class BatchRunner:
     free(seq_id). A failing call changes nothing (ValueError, OutOfBlocksError)."""
 
     def __init__(self, ops, weights, device, dtype: torch.dtype, *, num_blocks: int, block_size: int = 16,
-                 max_batch: int = 64, max_len: int | None = None, graphs: bool = False):
+                 max_batch: int = 64, max_len: int | None = None, graphs: bool = False, prefix_cache: bool = False):
         max_blocks = None if max_len is None else min(-(-max_len // block_size), num_blocks)
         self.cache = ops.BatchedPagedCache(ops, weights.config, num_blocks, block_size, dtype, device,
                                            max_batch=max_batch, max_blocks=max_blocks)
         self.decoder = ops.BatchDecoder(ops, weights, self.cache, graphs_cls=ops.DecodeGraphs if graphs else None)
+        self.ops, self.weights = ops, weights
         self.block_size, self.max_batch = block_size, max_batch
+        self.prefix = None
+        if prefix_cache:             # the cache's every allocate, append and free now go through it
+            self.prefix = self.cache.allocator = ops.PrefixCache(num_blocks, block_size)
+        self.cached_tokens = 0       # prompt tokens found in the prefix cache, over every prefill
 
     @property
     def num_free(self) -> int:
@@ -34,7 +46,9 @@ class BatchRunner:
         return self.cache.allocator.length(seq_id)
 
     def blocks_to_prefill(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        """At most this many free blocks admit the prompt. With the prefix cache, one more: a fully
+        cached prompt also copies its last block (and a hit that is evictable is not free)."""
+        return -(-num_tokens // self.block_size) + (self.prefix is not None)
 
     def blocks_to_decode(self, seq_ids) -> int:
         """New blocks one decode step of these sequences takes: one per sequence whose next token
@@ -42,7 +56,28 @@ class BatchRunner:
         return sum(self.length(s) % self.block_size == 0 for s in seq_ids)
 
     def prefill(self, seq_id, ids) -> torch.Tensor:
-        return self.decoder.prefill(seq_id, ids)
+        """The prompt's K/V into the pool; logits [vocab] of its next token."""
+        if self.prefix is None:
+            return self.decoder.prefill(seq_id, ids)
+        ids, c = list(ids), self.cache
+        if not ids:
+            raise ValueError("empty prompt: give at least one token")
+        check_ids(ids, self.weights.config.vocab_size)
+        if len(ids) > c.max_len:
+            raise ValueError(f"a prompt of {len(ids)} tokens: 1..{c.max_len} fit one sequence's table "
+                             f"({c.max_blocks} blocks of {c.block_size})")
+        start = self.prefix.allocate_prompt(seq_id, ids)     # ValueError / OutOfBlocksError: nothing changed
+        for src, dst in self.prefix.take_copies():          # a fully cached prompt's last block, every layer
+            c.k[:, dst].copy_(c.k[:, src])
+            c.v[:, dst].copy_(c.v[:, src])
+        self.cached_tokens += start
+        attend = SuffixAttend(c, [self.prefix.slot(seq_id, p) for p in range(len(ids))],
+                              self.prefix.block_table(seq_id), start)
+        dev = c.device
+        with torch.inference_mode():
+            return self.ops.forward(self.weights, torch.tensor(ids[start:], dtype=torch.int32, device=dev),
+                                    torch.arange(start, len(ids), dtype=torch.int32, device=dev), self.ops, attend,
+                                    logits_at=slice(-1, None))[0]
 
     def decode(self, seq_ids, tokens) -> torch.Tensor:
         """Row i: the logits after tokens[i] for seq_ids[i]; overwritten by the next step."""
@@ -67,3 +102,26 @@ class BatchRunner:
             for s in held:
                 self.free(s)
         return len(buckets)
+
+
+class SuffixAttend:
+    """The attend of a prefill whose first `start` positions are in the pool already (prefix cache
+    hits): write the suffix's k, v at its slots, then attend its queries over every position of
+    the sequence, gathered from its blocks (attention aligns the causal mask to the end)."""
+
+    def __init__(self, cache, slots, table, start: int):
+        self.cache, self.start, self.end = cache, start, len(slots)
+        dev = cache.device
+        self.slots = torch.tensor(slots[start:], dtype=torch.int32).to(dev)
+        self.blocks = torch.tensor(table, dtype=torch.long).to(dev)
+
+    def __call__(self, layer, q, k, v, positions):
+        c = self.cache
+        kp, vp = c.k[layer], c.v[layer]
+        c.ops.paged_kv_write(kp, vp, k, v, self.slots)
+        if self.start == 0:
+            return c.ops.attention(q, k, v)
+        n, KV, bs, hd = len(self.blocks), kp.shape[1], kp.shape[2], kp.shape[3]
+        keys = kp[self.blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:self.end]
+        values = vp[self.blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:self.end]
+        return c.ops.attention(q, keys, values)
