@@ -33,8 +33,9 @@ class BlockAllocator:
     def __init__(self, num_blocks: int, block_size: int):
         """An empty pool: every block free (ref count 0), no sequences, no pending copies."""
         # TODO(day 28): one-line ValueError unless num_blocks >= 1 and block_size >= 1. Keep
-        #   num_blocks, block_size; a free list (collections.deque of every block id); ref_counts
-        #   [0] * num_blocks; a dict seq_id -> block table, a dict seq_id -> length; a list of copies.
+        #   num_blocks, block_size; free_blocks (a collections.deque of every block id); ref_counts
+        #   [0] * num_blocks; tables (seq_id -> block table), lengths (seq_id -> length); copies (a list).
+        #   Use these names: day 50's PrefixCache subclasses this class and reads them.
         raise NotImplementedError("Day 28: BlockAllocator.__init__ is not written yet -- edit days/day_28/block_allocator.py "
                                   "(lesson: notes/day_28_block_allocator.md)")
 

@@ -185,6 +185,7 @@ class PrefixCache(BlockAllocator):
         return slot
 
     def fork(self, parent_id, child_id) -> None:
+        """Day 28's fork; the child knows the parent's tokens and cached chain, so it caches on."""
         super().fork(parent_id, child_id)
         tokens, chain = self.tokens.get(parent_id), self.chains.get(parent_id)
         self.tokens[child_id] = None if tokens is None else list(tokens)

@@ -14,9 +14,10 @@ A hash only finds candidates: a candidate is taken when its token ids and its pa
 ones just matched (see `_match`), so a hash collision can cost a miss, never wrong KV.
 
 Built on day 28's BlockAllocator: its ref counts, fork, copy on write (`take_copies`) and
-truncate are used as they are. What is added is the cache: which block holds which tokens, and
-the *evictable* blocks -- cached, held by no sequence (ref count 0), kept off the free list until
-the free list runs dry, then given up least recently used first.
+truncate are used as they are (through super(), and its free_blocks, tables, lengths, copies).
+What is added is the cache: which block holds which tokens, and the *evictable* blocks -- cached,
+held by no sequence (ref count 0), kept off the free list until the free list runs dry, then
+given up least recently used first.
 
 Host-side Python: no kernel. Every method either succeeds or raises with nothing changed.
 """
@@ -200,6 +201,7 @@ class PrefixCache(BlockAllocator):
         return slot
 
     def fork(self, parent_id, child_id) -> None:
+        """Day 28's fork; the child knows the parent's tokens and cached chain, so it caches on."""
         super().fork(parent_id, child_id)
         tokens, chain = self.tokens.get(parent_id), self.chains.get(parent_id)
         self.tokens[child_id] = None if tokens is None else list(tokens)
