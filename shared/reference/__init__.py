@@ -24,6 +24,7 @@ from shared.reference.quant import linear_w8a16
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
 from shared.reference.prefix_cache import CachedBlock, PrefixCache
+from shared.reference.llm import LLM
 
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
@@ -39,4 +40,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "linear_w8a16",
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",
-           "PrefixCache", "CachedBlock"]
+           "PrefixCache", "CachedBlock",
+           "LLM"]
