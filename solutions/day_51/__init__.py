@@ -1,4 +1,4 @@
 """Day 51 -- the engine API: LLM.generate(prompts, SamplingParams), LLM.stream. Lesson: notes/day_51_llm_api.md"""
-from .llm import LLM, Delta, Throughput
+from .llm import LLM
 
-__all__ = ["LLM", "Delta", "Throughput"]
+__all__ = ["LLM"]
