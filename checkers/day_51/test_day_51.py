@@ -193,6 +193,23 @@ def test_bad_input_is_one_line_and_nothing_runs(llm, engine):
     check_outputs(engine, outs, [ok, edge], [p, p])
 
 
+def test_a_small_pool_caps_the_context_and_bad_settings_fail_early(day, tiny_model, track, engine):
+    """8 blocks of 4 hold one sequence of 32 tokens: prompt + max_tokens over 32 is refused up front
+    (by generate and by stream), 32 runs; settings the scheduler refuses fail when the LLM is made."""
+    small = day.LLM(str(tiny_model), track=track, max_num_seqs=2, max_len=MAX_LEN, num_blocks=8, block_size=4)
+    x = [9] * 20
+    for call in (lambda: small.generate([x], SamplingParams(max_tokens=13), progress=False),
+                 lambda: small.stream([x], SamplingParams(max_tokens=13))):
+        with pytest.raises(ValueError):
+            call()
+    p = SamplingParams(max_tokens=12)
+    check_outputs(engine, small.generate([x, [4, 5]], p, progress=False), [x, [4, 5]], [p, p])
+    check_pool_empty(small)
+    for bad in ({"max_num_batched_tokens": 8}, {"max_num_seqs": 0}):
+        with pytest.raises(ValueError):
+            day.LLM(str(tiny_model), track=track, max_len=MAX_LEN, num_blocks=NUM_BLOCKS, block_size=4, **bad)
+
+
 def test_prefix_cache_same_tokens_and_this_calls_hits(day, tiny_model, track, engine):
     llm = day.LLM(str(tiny_model), track=track, max_num_seqs=3, max_len=MAX_LEN, num_blocks=30, block_size=4,
                   prefix_cache=True)
@@ -224,7 +241,8 @@ def test_bench_llm_vs_batch1_and_hf(day, track, smollm2):
     V = llm.engine.config.vocab_size
     prompts = [[rng.randrange(3, V) for _ in range(rng.randint(32, 256))] for _ in range(64)]
     p = SamplingParams(max_tokens=128, ignore_eos=True)
-    llm.generate(prompts[:4], SamplingParams(max_tokens=4), progress=False)          # warm-up
+    llm.runner.warmup()                                                            # every bucket's graph
+    llm.generate(prompts[:4], SamplingParams(max_tokens=4), progress=False)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     outs = llm.generate(prompts, p, progress=False)

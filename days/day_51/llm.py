@@ -27,7 +27,7 @@ class LLM:
     max_num_seqs: the most requests one step decodes; max_num_batched_tokens: the most prompt
     tokens one step prefills (None: no cap). max_len: the longest sequence, prompt + max_tokens
     (default the model's context). num_blocks of block_size tokens: the pool (None: room for
-    max_num_seqs sequences of min(max_len, 1024) tokens). prefix_cache: share cached prompt
+    max_num_seqs sequences of min(max_len, 1024) tokens; a smaller pool also caps max_len). prefix_cache: share cached prompt
     blocks (day 50). graphs: CUDA graphs for the decode step (None: when the track has them).
     """
 
@@ -45,8 +45,16 @@ class LLM:
         self.runner = BatchRunner(e.ops, e.weights, e.device, e.dtype, num_blocks=blocks, block_size=block_size,
                                   max_batch=max_num_seqs, max_len=self.max_len, graphs=e.use_graphs,
                                   prefix_cache=prefix_cache)
+        self.max_len = min(self.max_len, self.runner.cache.max_len)     # a small pool caps one sequence
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.scheduler()                      # its settings are checked now, not at the first call
         self.stats = Throughput()
+
+    def scheduler(self):
+        """A fresh continuous batching scheduler (day 49) over the runner: one per call, owning the
+        pool while the call runs; ops.sample draws the tokens of requests with a temperature."""
+        return self.ops.Scheduler(self.runner, max_num_seqs=self.max_num_seqs,
+                                  max_num_batched_tokens=self.max_num_batched_tokens, sample=self.ops.sample)
 
     def requests(self, prompts, params=None, *, chat: bool = False) -> list[Request]:
         """One Request per prompt (id = its index), every one checked: a bad one is a one-line
@@ -70,8 +78,7 @@ class LLM:
 
     def _run(self, reqs: list[Request]) -> Iterator[Delta]:
         """The loop behind stream and generate (a generator)."""
-        # TODO(day 51): a fresh scheduler per call over the one runner (it owns the pool while it runs):
-        #   self.ops.Scheduler(self.runner, max_num_seqs=..., max_num_batched_tokens=..., sample=self.ops.sample);
+        # TODO(day 51): sched = self.scheduler() (a fresh one per call: it owns the pool while it runs);
         #   add every request; one detokenizer per request (self.tokenizer.detokenizer());
         #   self.stats = Throughput(requests, prompt_tokens), then while the scheduler has work: step(),
         #   update the counters (steps, new_tokens, preemptions, cached_tokens = the runner's growth
