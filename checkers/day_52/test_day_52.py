@@ -43,10 +43,21 @@ def free_port() -> int:
 
 
 class Running:
-    """make_app(...) under uvicorn in a thread on 127.0.0.1: .url, .app; stop() shuts it down."""
+    """make_app(...) under uvicorn in a thread on 127.0.0.1: .url, .app; stop() shuts it down.
+    A part of the app that raises NotImplementedError (the untouched stub) answers 501 here, and
+    the clients below raise that NotImplementedError in the test, so it names what to fill in."""
 
     def __init__(self, app):
-        self.app, self.port = app, free_port()
+        from fastapi.responses import JSONResponse
+        self.app, self.port, self.todo = app, free_port(), None
+
+        async def not_written(request, e):
+            tb = e.__traceback__             # the innermost frame: the function to fill in
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            self.todo = (str(e), tb)
+            return JSONResponse({"error": {"message": str(e), "type": "not_implemented"}}, status_code=501)
+        app.add_exception_handler(NotImplementedError, not_written)
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="on"))
@@ -70,6 +81,29 @@ class Running:
             time.sleep(0.1)
         return False
 
+    def _hook(self, response):
+        if response.status_code == 501 and self.todo is not None:
+            message, tb = self.todo
+            raise NotImplementedError(message).with_traceback(tb)
+
+    async def _ahook(self, response):
+        self._hook(response)
+
+    def http(self):
+        """An httpx.Client for this server (a stub's NotImplementedError is raised here)."""
+        return httpx.Client(base_url=self.url, timeout=TIMEOUT, event_hooks={"response": [self._hook]})
+
+    def ahttp(self):
+        return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT, event_hooks={"response": [self._ahook]})
+
+    def openai(self, key=KEY):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, timeout=TIMEOUT, max_retries=0,
+                             http_client=self.http())
+
+    def aopenai(self, key=KEY):
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, timeout=TIMEOUT, max_retries=0,
+                                  http_client=self.ahttp())
+
     def stop(self):
         self.server.should_exit = True
         self.thread.join(timeout=60)
@@ -90,7 +124,7 @@ def server(day, llm):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=TIMEOUT, max_retries=0)
+    return server.openai()
 
 
 def expected(llm, prompt, chat=False, **kw):
@@ -163,7 +197,7 @@ def test_async_concurrent(server, llm):
     outs = [expected(llm, p, max_tokens=5 + i) for i, p in enumerate(prompts)]
 
     async def run():
-        c = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=TIMEOUT, max_retries=0)
+        c = server.aopenai()
 
         async def one(i, p):
             if i % 2:
@@ -184,10 +218,10 @@ def test_async_concurrent(server, llm):
 
 def test_api_key(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        r = httpx.get(server.url + "/v1/models", headers=headers, timeout=TIMEOUT)
+        r = server.http().get("/v1/models", headers=headers)
         assert r.status_code == 401, f"without the right bearer token: 401, got {r.status_code}"
         assert "message" in r.json().get("error", {}), "an OpenAI-style error object"
-    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="nope", timeout=TIMEOUT, max_retries=0)
+    bad = server.openai(key="nope")
     with pytest.raises(openai.AuthenticationError):
         bad.completions.create(model=MODEL, prompt="x", max_tokens=1)
 
@@ -217,7 +251,7 @@ BAD = [
 @pytest.mark.parametrize("what,body", BAD, ids=[b[0] for b in BAD])
 def test_bad_input(server, what, body):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = httpx.post(server.url + "/v1/completions", content=raw, timeout=TIMEOUT,
+    r = server.http().post("/v1/completions", content=raw,
                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, f"{what}: a 4xx, got {r.status_code}: {r.text[:200]}"
     err = r.json().get("error")
@@ -229,7 +263,7 @@ def test_bad_input(server, what, body):
 def test_bad_chat(server):
     for body in ({"model": MODEL, "max_tokens": 2}, {"model": MODEL, "messages": "hi", "max_tokens": 2},
                  {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": MAX_LEN}):
-        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=TIMEOUT,
+        r = server.http().post("/v1/chat/completions", json=body,
                        headers={"Authorization": f"Bearer {KEY}"})
         assert 400 <= r.status_code < 500 and "message" in r.json().get("error", {}), f"{body}: {r.status_code}"
     assert server.wait_idle(), "refused requests hold no blocks"
@@ -240,8 +274,8 @@ def test_disconnect_aborts(server, llm):
     aborted = server.engine.num_aborted
     body = {"model": MODEL, "prompt": "the cat", "max_tokens": MAX_LEN - 8, "temperature": 0, "stream": True,
             "ignore_eos": True}
-    with httpx.Client(timeout=TIMEOUT) as c:
-        with c.stream("POST", server.url + "/v1/completions", json=body,
+    with server.http() as c:
+        with c.stream("POST", "/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}) as r:
             assert r.status_code == 200
             seen = 0
@@ -253,7 +287,7 @@ def test_disconnect_aborts(server, llm):
     assert server.wait_idle(), "after a client hangs up, its request leaves the engine and its blocks go back"
     assert server.engine.num_aborted == aborted + 1, \
         "a client that disconnects mid-stream: its request is aborted, not run to max_tokens"
-    r = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, timeout=TIMEOUT, max_retries=0).completions.create(
+    r = server.openai().completions.create(
         model=MODEL, prompt="cat", max_tokens=3, temperature=0)
     assert r.choices[0].text == expected(llm, "cat", max_tokens=3)["text"], "the server serves on"
 
@@ -267,9 +301,9 @@ def test_overload(day, llm, server):
         out = expected(llm, prompt, max_tokens=m, ignore_eos=True)
 
         async def run():
-            async with httpx.AsyncClient(timeout=TIMEOUT) as c:
+            async with busy.ahttp() as c:
                 body = {"model": MODEL, "prompt": prompt, "max_tokens": m, "temperature": 0, "ignore_eos": True}
-                return await asyncio.gather(*(c.post(busy.url + "/v1/completions", json=body) for _ in range(n)))
+                return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(n)))
 
         rs = asyncio.run(run())
         codes = [r.status_code for r in rs]
@@ -281,8 +315,7 @@ def test_overload(day, llm, server):
             else:
                 assert r.json()["error"]["message"], "a refusal says why"
         assert busy.wait_idle(), "after the burst every KV block is back"
-        r = httpx.post(busy.url + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2},
-                       timeout=TIMEOUT)
+        r = busy.http().post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 2})
         assert r.status_code == 200, "the server recovers after a burst"
     finally:
         busy.stop()

@@ -26,6 +26,15 @@ from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_
 from shared.reference.prefix_cache import CachedBlock, PrefixCache
 from shared.reference.llm import LLM
 
+
+def __getattr__(name):
+    """serve (day 52) needs fastapi and uvicorn: imported when first asked for, so the rest of the
+    reference works where they are not installed."""
+    if name == "serve":
+        from shared.reference.server import serve
+        return serve
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors", "forward", "mlp",
            "attention", "decode_attention", "embedding", "kv_write", "linear", "matmul", "rmsnorm",
            "rope", "rope_frequencies", "row_max", "row_sum", "sample", "silu", "silu_mul", "softmax",
@@ -41,4 +50,4 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",
            "PrefixCache", "CachedBlock",
-           "LLM"]
+           "LLM", "serve"]

@@ -54,7 +54,8 @@ class AsyncLLM:
         self.outs: dict = {}                           # id -> (event loop, asyncio.Queue)
         self.ids = itertools.count()
         self.num_aborted = 0
-        self.thread = threading.Thread(target=self._loop, name="engine-loop", daemon=True)
+        self.error: BaseException | None = None       # why the loop stopped, if it failed
+        self.thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self.thread.start()
 
     @property
@@ -68,6 +69,8 @@ class AsyncLLM:
         return not self.outs and self.inbox.empty() and not self.sched.has_work and r.num_free == r.cache.num_blocks
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, asyncio.Queue]:
+        if self.error is not None:
+            raise self.error
         (checked,) = self.llm.requests([prompt_ids], params)    # one-line ValueError: the context, the vocab
         if self.pending >= self.max_pending:
             raise APIError(503, f"the server is busy: {self.pending} requests are queued or running "
@@ -91,6 +94,14 @@ class AsyncLLM:
         if target is not None:
             loop, q = target
             loop.call_soon_threadsafe(q.put_nowait, item)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:     # the loop died: every waiting request hears why, none hangs
+            self.error = e
+            for rid in list(self.outs):
+                self._send(rid, e)
 
     def _loop(self) -> None:
         while True:
@@ -291,7 +302,7 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
                 item = await q.get()
                 if item is None:
                     break
-                if isinstance(item, APIError):
+                if isinstance(item, BaseException):
                     raise item
                 tokens += 1
                 text.append(detok.push(item[0]))
@@ -323,8 +334,9 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
                 item = await q.get()
                 if item is None:
                     break
-                if isinstance(item, APIError):
-                    yield f"data: {json.dumps(item.body())}\n\n"
+                if isinstance(item, BaseException):     # the engine failed: say so in the stream
+                    err = item if isinstance(item, APIError) else APIError(500, str(item), "server_error")
+                    yield f"data: {json.dumps(err.body())}\n\n"
                     break
                 tokens += 1
                 yield chunk(detok.push(item[0]), item[1])
