@@ -87,6 +87,23 @@ def test_bad_block_flag_names_the_flag(flag, value, capsys, no_engine):
     assert "block_size and num_blocks" not in line and out == ""
 
 
+@pytest.mark.parametrize("argv,named", [(["--port", "0"], "--port"), (["--port", "70000"], "--port"),
+                                        (["--max-num-seqs", "0"], "--max-num-seqs"),
+                                        (["--max-pending", "-1"], "--max-pending"), (["--max-len", "0"], "--max-len"),
+                                        (["--api-key", ""], "--api-key"), (["--num-blocks", "0"], "--num-blocks")])
+def test_bad_serve_flag_is_one_line_before_any_model(argv, named, capsys, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the LLM was built: the flag should have been refused first")
+    monkeypatch.setattr(cli.registry, "Ops", refuse)
+    rc, out, err = run_cli(["serve", "--model", "tiny", *argv], capsys)
+    assert named in one_error(rc, err) and out == ""
+
+
+def test_serve_binds_localhost_by_default():
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.api_key is None
+
+
 def test_block_flags_ignored_before_day_31_say_so(tiny_model, no_progress, capsys):
     rc, out, err = run_cli(["generate", "hi", "--model", "tiny", "--track", "days", "--max-new-tokens", "2",
                             "--block-size", "8", "--num-blocks", "4"], capsys)

@@ -1,5 +1,5 @@
 """`tinyinfer`: the course's command line (status, next, check, hint, reset, diff, render,
-model, generate, bench, doctor). User mistakes get one line on stderr and exit code 2."""
+model, generate, serve, bench, doctor). User mistakes get one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -311,6 +311,42 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """An OpenAI-compatible server (day 52) over day 51's LLM: every bad flag is one line before
+    any model loads; then the model loads once and uvicorn serves until Ctrl-C."""
+    for flag, value in (("--max-num-seqs", args.max_num_seqs), ("--max-pending", args.max_pending),
+                        ("--max-len", args.max_len)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if args.api_key is not None and (not args.api_key.strip() or any(c.isspace() for c in args.api_key)):
+        raise UsageError("--api-key must be a non-empty token without spaces (clients send it as a bearer token)")
+    _check_blocks(args)
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"tinyinfer serve needs fastapi and uvicorn ({e.name} is missing): "
+                         "pip install fastapi uvicorn")
+    threads.configure()
+    from shared import models
+    ops = registry.Ops(args.track)
+    llm = ops.LLM(args.model, track=args.track, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                  max_len=args.max_len, num_blocks=args.num_blocks,
+                  block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
+                  prefix_cache=args.prefix_cache, graphs=False if args.no_graph else None)
+    name = args.model or models.DEFAULT_MODEL
+    print(f"[{llm.engine.describe()}; {args.max_num_seqs} rows, context {llm.max_len}]", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+        print(f"note: --host {args.host} serves other machines with no --api-key: anyone who reaches it can use it",
+              file=sys.stderr)
+    print(f"[serving model '{name}' at http://{args.host}:{args.port}/v1 -- Ctrl-C stops]", file=sys.stderr)
+    ops.serve(llm, host=args.host, port=args.port, api_key=args.api_key, model_name=name,
+              max_pending=args.max_pending)
+    return 0
+
+
 def cmd_mutants(args) -> int:
     from shared.course import mutants
     return mutants.main_args(args)
@@ -477,6 +513,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "
                    "minutes per token)")
     s.set_defaults(fn=cmd_generate)
+    s = _command(sub, "serve", "serve the engine over HTTP, OpenAI-compatible (day 52: /v1/completions, "
+                 "/v1/chat/completions, /v1/models, SSE streaming)")
+    s.add_argument("--model", default=None, help="smollm2 (default), tiny (random weights, for tests), "
+                   "or an HF Llama folder; clients name it in 'model'")
+    s.add_argument("--track", **track)
+    s.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 serves others, give --api-key then)")
+    s.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request "
+                   "(401 without it)")
+    s.add_argument("--max-num-seqs", type=int, default=16, help="the most requests one step decodes "
+                   "(default 16); more are queued")
+    s.add_argument("--max-pending", type=int, default=None, help="the most unfinished requests; one more gets "
+                   "a 503 (default 8 x --max-num-seqs)")
+    s.add_argument("--max-len", type=int, default=None, help="the longest sequence, prompt + max_tokens "
+                   "(default: the model's context)")
+    s.add_argument("--dtype", choices=["fp16", "fp32"], default=None, help="default: fp16 on a GPU, fp32 on the CPU")
+    s.add_argument("--no-graph", action="store_true", help="launch every kernel from Python (no CUDA graphs)")
+    s.add_argument("--block-size", type=int, default=None, help=f"tokens per KV block of the paged pool "
+                   f"(default {DEFAULT_BLOCK_SIZE})")
+    s.add_argument("--num-blocks", type=int, default=None, help="KV blocks in the pool (default: room for "
+                   "--max-num-seqs sequences)")
+    s.add_argument("--prefix-cache", action="store_true", help="share cached prompt blocks between requests "
+                   "(day 50)")
+    s.set_defaults(fn=cmd_serve)
     s = _command(sub, "bench", "benchmark the engine against HF transformers (JSON, Markdown, plots)")
     from shared import bench
     bench.add_arguments(s)
