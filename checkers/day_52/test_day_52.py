@@ -244,7 +244,6 @@ BAD = [
     ("a token id outside the vocabulary", {"model": MODEL, "prompt": [5, 10**9], "max_tokens": 1}),
     ("stream not a boolean", {"model": MODEL, "prompt": "x", "max_tokens": 2, "stream": "yes"}),
     ("invalid UTF-8", b'{"model": "tiny-test", "prompt": "\xff\xfe", "max_tokens": 2}'),
-    ("a 10 MB body", {"model": MODEL, "prompt": "a" * (10 << 20), "max_tokens": 2}),
 ]
 
 
@@ -258,6 +257,30 @@ def test_bad_input(server, what, body):
     assert isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"], \
         f"{what}: an OpenAI-style error object {{'error': {{'message': ...}}}}, got {r.text[:200]}"
     assert "Traceback" not in r.text
+
+
+def test_huge_body_is_refused_unread(server):
+    """A 10 MB body: 413 (Payload Too Large) with an error object, before it is parsed or tokenized."""
+    raw = json.dumps({"model": MODEL, "prompt": "a " * (5 << 20), "max_tokens": 2}).encode()
+    r = server.http().post("/v1/completions", content=raw, headers={"Authorization": f"Bearer {KEY}",
+                                                                     "Content-Type": "application/json"})
+    assert r.status_code == 413, f"a 10 MB body: 413, got {r.status_code}: {r.text[:200]}"
+    assert r.json()["error"]["message"]
+
+
+def test_raw_sse(server, llm):
+    """The wire format: `data: {json}` events, one per token (+ usage when asked), `data: [DONE]` last."""
+    out = expected(llm, "wire", max_tokens=4)
+    body = {"model": MODEL, "prompt": "wire", "max_tokens": 4, "temperature": 0, "stream": True}
+    with server.http() as c, c.stream("POST", "/v1/completions", json=body,
+                                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line.strip()]
+    assert all(e.startswith("data: ") for e in events), f"every SSE line is a data: event, got {events[:3]}"
+    assert events[-1] == "data: [DONE]", f"the stream ends with data: [DONE], got {events[-1]!r}"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert len(chunks) == len(out["token_ids"]), "one event per generated token"
+    assert "".join(c["choices"][0]["text"] for c in chunks) == out["text"]
 
 
 def test_bad_chat(server):
@@ -308,7 +331,7 @@ def test_overload(day, llm, server):
         rs = asyncio.run(run())
         codes = [r.status_code for r in rs]
         assert all(c in (200, 429, 503) for c in codes), f"a 200, or 429/503 when busy, got {codes}"
-        assert 1 <= codes.count(200) < n, f"max_pending=2: some of {n} long requests at once are refused, got {codes}"
+        assert 1 <= codes.count(200) <= 2, f"max_pending=2: at most 2 of {n} long requests at once, got {codes}"
         for r in rs:
             if r.status_code == 200:
                 assert r.json()["choices"][0]["text"] == out["text"], "an accepted request gets its text"
