@@ -49,13 +49,14 @@ class Running:
 
     def __init__(self, app):
         from fastapi.responses import JSONResponse
-        self.app, self.port, self.todo = app, free_port(), None
+        self.app, self.port, self.todo, self.where = app, free_port(), None, {}
 
         async def not_written(request, e):
             tb = e.__traceback__             # the innermost frame: the function to fill in
             while tb.tb_next is not None:
                 tb = tb.tb_next
-            self.todo = (str(e), tb)
+            self.where.setdefault(str(e), tb)  # the first time: a re-raised one may have lost its frames
+            self.todo = (str(e), self.where[str(e)])
             return JSONResponse({"error": {"message": str(e), "type": "not_implemented"}}, status_code=501)
         app.add_exception_handler(NotImplementedError, not_written)
         self.url = f"http://127.0.0.1:{self.port}"
