@@ -244,6 +244,7 @@ BAD = [
     ("a prompt over the context", {"model": MODEL, "prompt": [5] * (MAX_LEN + 3), "max_tokens": 1}),
     ("a token id outside the vocabulary", {"model": MODEL, "prompt": [5, 10**9], "max_tokens": 1}),
     ("stream not a boolean", {"model": MODEL, "prompt": "x", "max_tokens": 2, "stream": "yes"}),
+    ("an unknown model", {"model": "gpt-9", "prompt": "x", "max_tokens": 2}),
     ("invalid UTF-8", b'{"model": "tiny-test", "prompt": "\xff\xfe", "max_tokens": 2}'),
 ]
 
@@ -290,6 +291,8 @@ def test_bad_chat(server):
         r = server.http().post("/v1/chat/completions", json=body,
                        headers={"Authorization": f"Bearer {KEY}"})
         assert 400 <= r.status_code < 500 and "message" in r.json().get("error", {}), f"{body}: {r.status_code}"
+    r = server.http().get("/v1/nowhere", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 404 and r.json()["error"]["message"], "an unknown path: 404 with an error object"
     assert server.wait_idle(), "refused requests hold no blocks"
 
 

@@ -233,7 +233,11 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
                                    and isinstance(m.get("content"), str) for m in messages):
             raise APIError(400, "'messages' must be a non-empty list of {role, content} with string values",
                            param="messages")
-        text = llm.tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages])
+        try:                           # the model's template (sandboxed) may refuse a role or an order
+            text = llm.tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages])
+        except Exception as e:
+            raise APIError(400, f"the chat template refused these messages: {str(e).strip().splitlines()[0]}",
+                           param="messages")
         ids = llm.tokenizer.encode(text)
         return await respond(body, ids, sampling(body, len(ids), llm.max_len, None), chat=True)
 

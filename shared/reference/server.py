@@ -116,7 +116,11 @@ class AsyncLLM:
                     return
                 kind, x = msg
                 if kind == "add":
-                    self.sched.add(x)
+                    try:
+                        self.sched.add(x)
+                    except ValueError as e:      # the scheduler's own refusal: this request only
+                        self._send(x.id, APIError(400, str(e).splitlines()[0]))
+                        self.outs.pop(x.id, None)
                 elif self.sched.abort(x):
                     self.num_aborted += 1
             if not self.sched.has_work:
@@ -280,7 +284,11 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
                                    and isinstance(m.get("content"), str) for m in messages):
             raise APIError(400, "'messages' must be a non-empty list of {role, content} with string values",
                            param="messages")
-        text = llm.tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages])
+        try:                           # the model's template (sandboxed) may refuse a role or an order
+            text = llm.tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages])
+        except Exception as e:
+            raise APIError(400, f"the chat template refused these messages: {str(e).strip().splitlines()[0]}",
+                           param="messages")
         ids = llm.tokenizer.encode(text)
         return await respond(body, ids, sampling(body, len(ids), llm.max_len, None), chat=True)
 
@@ -308,7 +316,7 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
                 text.append(detok.push(item[0]))
                 reason = item[1] or reason
         finally:
-            engine.abort(rid)          # a no-op once finished; a client gone mid-wait frees the blocks
+            engine.abort(rid)          # a no-op once finished; if this handler is cancelled, the blocks go back
         choice = ({"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "logprobs": None,
                    "finish_reason": reason} if chat else
                   {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": reason})
