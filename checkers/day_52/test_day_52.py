@@ -16,6 +16,7 @@ talks to it. The oracle is LLM.generate on the same LLM for the same prompt and 
   text, and the server serves the next request.
 """
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -301,6 +302,33 @@ def test_disconnect_aborts(server, llm):
     aborted = server.engine.num_aborted
     body = {"model": MODEL, "prompt": "the cat", "max_tokens": MAX_LEN - 8, "temperature": 0, "stream": True,
             "ignore_eos": True}
+    with slow_steps(server):          # 40 steps take 2 s at least: time to notice the hang-up on any machine
+        hang_up(server, body)
+        assert server.wait_idle(), "after a client hangs up, its request leaves the engine and its blocks go back"
+    assert server.engine.num_aborted == aborted + 1, \
+        "a client that disconnects mid-stream: its request is aborted, not run to max_tokens"
+    r = server.openai().completions.create(
+        model=MODEL, prompt="cat", max_tokens=3, temperature=0)
+    assert r.choices[0].text == expected(llm, "cat", max_tokens=3)["text"], "the server serves on"
+
+
+@contextlib.contextmanager
+def slow_steps(server, seconds=0.05):
+    """Each engine step sleeps first, so a test's timing holds on a slow or busy machine."""
+    sched = server.engine.sched
+    step = sched.step
+
+    def slow_step():
+        time.sleep(seconds)
+        return step()
+    sched.step = slow_step
+    try:
+        yield
+    finally:
+        del sched.step
+
+
+def hang_up(server, body):
     with server.http() as c:
         with c.stream("POST", "/v1/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}) as r:
@@ -311,12 +339,6 @@ def test_disconnect_aborts(server, llm):
                     seen += 1
                     if seen == 2:
                         break
-    assert server.wait_idle(), "after a client hangs up, its request leaves the engine and its blocks go back"
-    assert server.engine.num_aborted == aborted + 1, \
-        "a client that disconnects mid-stream: its request is aborted, not run to max_tokens"
-    r = server.openai().completions.create(
-        model=MODEL, prompt="cat", max_tokens=3, temperature=0)
-    assert r.choices[0].text == expected(llm, "cat", max_tokens=3)["text"], "the server serves on"
 
 
 def test_overload(day, llm, server):
@@ -332,7 +354,8 @@ def test_overload(day, llm, server):
                 body = {"model": MODEL, "prompt": prompt, "max_tokens": m, "temperature": 0, "ignore_eos": True}
                 return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(n)))
 
-        rs = asyncio.run(run())
+        with slow_steps(busy):        # 40 steps take 2 s at least: the six requests arrive while the first run
+            rs = asyncio.run(run())
         codes = [r.status_code for r in rs]
         assert all(c in (200, 429, 503) for c in codes), f"a 200, or 429/503 when busy, got {codes}"
         assert 1 <= codes.count(200) <= 2, f"max_pending=2: at most 2 of {n} long requests at once, got {codes}"
