@@ -111,6 +111,7 @@ class AsyncLLM:
         # last token and leaves self.outs. A step that raises: abort and tell every request, go on.
         raise NotImplementedError("Day 52: AsyncLLM._loop")
 
+
 # ---- the HTTP side ---------------------------------------------------------------------------
 def read_json(raw: bytes) -> dict:
     """The body as a JSON object, or a 400 that says what is wrong with it."""
@@ -156,6 +157,7 @@ def sampling(body: dict, prompt_len: int, max_len: int, default_max: int | None)
     # in the context, max_tokens (or max_completion_tokens) < 1 or prompt + max_tokens > max_len,
     # temperature outside [0, 2], top_p outside (0, 1]. top_k, seed, ignore_eos are extensions.
     raise NotImplementedError("Day 52: sampling")
+
 
 def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, max_pending: int | None = None):
     """A FastAPI app over one AsyncLLM: /v1/models, /v1/completions, /v1/chat/completions."""
@@ -255,7 +257,8 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
         # TODO(day 52): await the request's queue until None: each item is (token_id, finish_reason),
         # pushed through ONE detokenizer for this request (llm.tokenizer.detokenizer()); an
         # exception from the engine is raised. Count the tokens for usage. Whatever happens, abort
-        # the request in a finally (a no-op once it finished): a client gone mid-wait frees blocks.
+        # the request in a finally (a no-op once it finished; if the handler is cancelled, the
+        # blocks go back). Fill text (the pieces), tokens and reason (the last finish_reason).
         text, tokens, reason = [], 0, None
         raise NotImplementedError("Day 52: make_app.respond (the non-streaming answer)")
         choice = ({"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "logprobs": None,
