@@ -442,7 +442,8 @@ def plot(report: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, kind, name in zip(axes, ("ttft", "itl"), ("time to first token", "inter-token latency")):
         for p, style in zip(PCTS, ("o-", "s--", "^:")):
-            pts = [(c, e["stats"][f"{kind}_p{p}"]) for c, e in zip(cs, levels) if e["stats"][f"{kind}_p{p}"] is not None]
+            pts = [(c, e["stats"][f"{kind}_p{p}"]) for c, e in zip(cs, levels)
+                   if e["stats"][f"{kind}_p{p}"] is not None]
             if pts:
                 ax.plot([c for c, _ in pts], [v * 1e3 for _, v in pts], style, label=f"p{p}")
         axes_of(ax)

@@ -399,7 +399,8 @@ async def released_one_by_one(day, n, c, rng, fail=(), cancel_after=None):
         if task.done():
             break
         assert len(in_flight) == min(c, n - finished), \
-            f"concurrency {c}, {n - finished} requests left: {len(in_flight)} in flight (want exactly {min(c, n - finished)})"
+            f"concurrency {c}, {n - finished} requests left: {len(in_flight)} in flight " \
+            f"(want exactly {min(c, n - finished)})"
         if cancel_after is not None and finished == cancel_after:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -481,7 +482,8 @@ class Server:
             assert self.proc.poll() is None, f"the server exited:\n{self.tail()}"
             assert time.monotonic() - t0 < limit, f"the server did not answer in {limit:.0f} s:\n{self.tail()}"
             try:
-                if httpx.get(self.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5).status_code == 200:
+                r = httpx.get(self.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+                if r.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -579,7 +581,8 @@ def test_the_command_reports_your_stats_of_its_records(day, track, server, tmp_p
     for name in ("loadtest.json", "loadtest.md", "throughput_vs_concurrency.png", "latency_vs_concurrency.png"):
         assert (tmp_path / name).stat().st_size > 0, f"{name} missing"
     md = (tmp_path / "loadtest.md").read_text()
-    for col in ("| C |", "ok", "lost", "duplicated", "output tok/s", "req/s", "TTFT p99 ms", "ITL p50 ms", "pool after"):
+    for col in ("| C |", "ok", "lost", "duplicated", "output tok/s", "req/s", "TTFT p99 ms", "ITL p50 ms",
+                "pool after"):
         assert col in md, f"loadtest.md's table has no {col!r} column"
     report = json.loads((tmp_path / "loadtest.json").read_text())
     for e in report["levels"]:
@@ -678,10 +681,71 @@ BATCH_FLOOR = 2.0                         # the best level makes at least 2x the
 
 def level_summary(e):
     s = e["stats"]
-    return {"concurrency": e["concurrency"], "requests": s["requests"], "ok": s["ok"], "failed": s["failed"],
-            "lost": s["lost"], "duplicated": s["duplicated"], "output_tok_s": round(s["output_tok_s"], 1),
-            "req_s": round(s["req_s"], 2), **{k: s[k] and round(s[k] * 1e3, 2) for k in s if k[-3:-1] in ("p5", "p9")},
-            "pool_after": e["pool_after"] and f"{e['pool_after']['free_blocks']}/{e['pool_after']['total_blocks']}"}
+    out = {"concurrency": e["concurrency"], **{k: s[k] for k in ("requests", "ok", "failed", "lost", "duplicated")},
+           "output_tok_s": round(s["output_tok_s"], 1), "req_s": round(s["req_s"], 2)}
+    for k in ("ttft", "itl"):
+        for p in PCTS:
+            v = s[f"{k}_p{p}"]
+            out[f"{k}_p{p}_ms"] = None if v is None else round(v * 1e3, 2)
+    pool = e["pool_after"]
+    out["pool_after"] = None if pool is None else f"{pool['free_blocks']}/{pool['total_blocks']}"
+    return out
+
+
+def sweep(day, track, model, tmp_path, *, flags, levels, requests=None, max_tokens=64, prompt_lengths=(32, 128)):
+    """A server of `model` with `flags`, the load test at each level through the day's functions."""
+    from shared import loadtest
+    srv = Server(model, tmp_path / "serve_sweep.log", *flags, track=track)
+    try:
+        cfg = loadtest.Config(url=srv.url + "/v1", levels=tuple(levels), requests=requests, max_tokens=max_tokens,
+                              prompt_lengths=tuple(prompt_lengths), api_key=KEY, seed=53)
+        return loadtest.run(cfg, ops=day, progress=False, log=quiet)
+    finally:
+        srv.stop()
+
+
+def check_sweep(report) -> dict:
+    """Nothing failed, lost or duplicated at any level, the pool full after each, p99 TTFT there."""
+    for e in report["levels"]:
+        s = e["stats"]
+        assert s["failed"] == s["lost"] == s["duplicated"] == 0, f"C={e['concurrency']}: {s['errors']}"
+        assert e["pool_after"]["settled"], f"C={e['concurrency']}: the pool was not full after: {e['pool_after']}"
+        assert s["ttft_p99"] is not None
+    one = report["levels"][0]["stats"]["output_tok_s"]
+    best = max(e["stats"]["output_tok_s"] for e in report["levels"])
+    return {"levels": [level_summary(e) for e in report["levels"]], "best_vs_first_level": round(best / one, 2),
+            "server": report["meta"]["server"]}
+
+
+def prefix_comparison(day, track, model, tmp_path, *, flags, concurrency=16, requests=64, shared_prefix=1000,
+                      prompt_words=32, plain_words=128) -> dict:
+    """TTFT p50 with a shared prefix, and tok/s with nothing shared, on a server without and with
+    --prefix-cache (the same prompts, the same seed)."""
+    from shared import loadtest
+    out = {}
+    for cache in (False, True):
+        srv = Server(model, tmp_path / f"serve_cache_{cache}.log", *flags, *(["--prefix-cache"] if cache else []),
+                     track=track)
+        try:
+            base = dict(url=srv.url + "/v1", levels=(concurrency,), requests=requests, api_key=KEY, seed=5)
+            shared = loadtest.run(loadtest.Config(**base, max_tokens=32, prompt_lengths=(prompt_words,),
+                                                  shared_prefix=shared_prefix), ops=day, progress=False, log=quiet)
+            plain = loadtest.run(loadtest.Config(**base, max_tokens=64, prompt_lengths=(plain_words,)),
+                                 ops=day, progress=False, log=quiet)
+        finally:
+            srv.stop()
+        for name, rep in (("shared", shared), ("plain", plain)):
+            s = rep["levels"][0]["stats"]
+            assert s["failed"] == s["lost"] == s["duplicated"] == 0, f"cache {cache}, {name}: {s['errors']}"
+        out["on" if cache else "off"] = {
+            "shared_ttft_p50_ms": shared["levels"][0]["stats"]["ttft_p50"] * 1e3,
+            "shared_prompt_tokens": shared["levels"][0]["prompt_tokens_mean"],
+            "shared_cached_tokens": shared["levels"][0]["cached_tokens"],
+            "plain_tok_s": plain["levels"][0]["stats"]["output_tok_s"],
+            "plain_cached_tokens": plain["levels"][0]["cached_tokens"]}
+    out["ttft_p50_off_over_on"] = out["off"]["shared_ttft_p50_ms"] / out["on"]["shared_ttft_p50_ms"]
+    out["plain_tok_s_on_over_off"] = out["on"]["plain_tok_s"] / out["off"]["plain_tok_s"]
+    return out
 
 
 @pytest.mark.bench
@@ -689,59 +753,29 @@ def level_summary(e):
 def test_bench_smollm2_under_load(day, track, smollm2, tmp_path):
     """SmolLM2 (fp16, graphs) behind `tinyinfer serve --max-num-seqs 128`; concurrency 1, 8, 32, 128
     (max(16, 4C) requests each, 64 new tokens, prompts of 32/128 words) after a warm-up at 128:
-    nothing failed, lost or duplicated, the pool full after every level, p99 TTFT reported."""
+    nothing failed, lost or duplicated, the pool full after every level, p99 TTFT recorded; the
+    best level makes at least BATCH_FLOOR x the tok/s of concurrency 1."""
     from shared import loadtest
     from shared.course.testing import record_bench
-    srv = Server(str(smollm2), tmp_path / "serve.log", "--max-num-seqs", "128", "--max-len", "512", track=track)
-    try:
-        cfg = loadtest.Config(url=srv.url + "/v1", levels=(1, 8, 32, 128), requests=None, api_key=KEY, seed=53)
-        report = loadtest.run(cfg, ops=day, progress=False, log=quiet)
-    finally:
-        srv.stop()
+    report = sweep(day, track, str(smollm2), tmp_path, flags=("--max-num-seqs", "128", "--max-len", "512"),
+                   levels=(1, 8, 32, 128))
     loadtest.write(report, REPO / "build" / "bench" / "day_53_loadtest")
-    levels = [level_summary(e) for e in report["levels"]]
-    one = report["levels"][0]["stats"]["output_tok_s"]
-    best = max(e["stats"]["output_tok_s"] for e in report["levels"])
-    record_bench("day_53_loadtest_smollm2", {"levels": levels, "best_vs_one": round(best / one, 2),
-                                             "server": report["meta"]["server"]})
-    for e in report["levels"]:
-        s = e["stats"]
-        assert s["failed"] == s["lost"] == s["duplicated"] == 0, f"C={e['concurrency']}: {s['errors']}"
-        assert e["pool_after"]["settled"], f"C={e['concurrency']}: the pool was not full after: {e['pool_after']}"
-        assert s["ttft_p99"] is not None
-    assert best >= BATCH_FLOOR * one, f"the best level makes {best / one:.2f}x the tok/s of concurrency 1"
+    result = check_sweep(report)
+    record_bench("day_53_loadtest_smollm2", result)
+    assert result["best_vs_first_level"] >= BATCH_FLOOR, \
+        f"the best level makes {result['best_vs_first_level']}x the tok/s of concurrency 1"
 
 
 @pytest.mark.bench
 @pytest.mark.model
 def test_bench_prefix_cache_ttft(day, track, smollm2, tmp_path):
     """A shared 1,000-word prefix (about 1,000 SmolLM2 tokens) at concurrency 16: TTFT p50 with the
-    prefix cache on vs off (goal 3x lower); prompts with nothing shared: tok/s on vs off (goal within 10%)."""
-    from shared import loadtest
+    prefix cache on vs off (goal 3x lower); prompts with nothing shared: tok/s on vs off (goal
+    within 10%). Recorded; fails under the floors."""
     from shared.course.testing import record_bench
-    out = {}
-    for cache in (False, True):
-        srv = Server(str(smollm2), tmp_path / f"serve_{cache}.log", "--max-num-seqs", "32", "--max-len", "2048",
-                     *(["--prefix-cache"] if cache else []), track=track)
-        try:
-            base = dict(url=srv.url + "/v1", levels=(16,), requests=64, api_key=KEY, seed=5)
-            shared = loadtest.run(loadtest.Config(**base, max_tokens=32, prompt_lengths=(32,), shared_prefix=1000),
-                                  ops=day, progress=False, log=quiet)
-            plain = loadtest.run(loadtest.Config(**base, max_tokens=64, prompt_lengths=(128,)),
-                                 ops=day, progress=False, log=quiet)
-        finally:
-            srv.stop()
-        for name, rep in (("shared", shared), ("plain", plain)):
-            s = rep["levels"][0]["stats"]
-            assert s["failed"] == s["lost"] == s["duplicated"] == 0, f"cache {cache}, {name}: {s['errors']}"
-        out[cache] = {"shared_ttft_p50_ms": shared["levels"][0]["stats"]["ttft_p50"] * 1e3,
-                      "shared_prompt_tokens": shared["levels"][0]["prompt_tokens_mean"],
-                      "shared_cached_tokens": shared["levels"][0]["cached_tokens"],
-                      "plain_tok_s": plain["levels"][0]["stats"]["output_tok_s"]}
-    ttft_ratio = out[False]["shared_ttft_p50_ms"] / out[True]["shared_ttft_p50_ms"]
-    same = out[True]["plain_tok_s"] / out[False]["plain_tok_s"]
-    record_bench("day_53_prefix_cache_smollm2", {"off": out[False], "on": out[True], "ttft_p50_off_over_on":
-                                                 round(ttft_ratio, 2), "plain_tok_s_on_over_off": round(same, 3),
-                                                 "goals": {"ttft": TTFT_GOAL, "plain": SAME_GOAL}})
-    assert ttft_ratio >= TTFT_FLOOR, f"a shared prefix: TTFT p50 only {ttft_ratio:.2f}x lower with the prefix cache"
-    assert same >= SAME_FLOOR, f"nothing shared: the prefix cache costs {100 * (1 - same):.0f}% of the tok/s"
+    out = prefix_comparison(day, track, str(smollm2), tmp_path, flags=("--max-num-seqs", "32", "--max-len", "2048"))
+    record_bench("day_53_prefix_cache_smollm2", {**out, "goals": {"ttft": TTFT_GOAL, "plain": SAME_GOAL}})
+    assert out["ttft_p50_off_over_on"] >= TTFT_FLOOR, \
+        f"a shared prefix: TTFT p50 only {out['ttft_p50_off_over_on']:.2f}x lower with the prefix cache"
+    assert out["plain_tok_s_on_over_off"] >= SAME_FLOOR, \
+        f"nothing shared: the prefix cache costs {100 * (1 - out['plain_tok_s_on_over_off']):.0f}% of the tok/s"

@@ -272,8 +272,9 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
         return {"object": "stats", "free_blocks": r.num_free, "total_blocks": r.cache.num_blocks,
                 "block_size": r.block_size, "running": len(getattr(sched, "running", ())),
                 "waiting": len(getattr(sched, "waiting", ())), "pending": engine.pending,
-                "max_pending": engine.max_pending, "aborted": engine.num_aborted, "prefix_cache": r.prefix is not None,
-                "cached_tokens": r.cached_tokens, "max_num_seqs": llm.max_num_seqs, "max_len": llm.max_len}
+                "max_pending": engine.max_pending, "aborted": engine.num_aborted,
+                "prefix_cache": r.prefix is not None, "cached_tokens": r.cached_tokens,
+                "max_num_seqs": llm.max_num_seqs, "max_len": llm.max_len}
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
