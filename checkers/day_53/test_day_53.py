@@ -605,8 +605,9 @@ def test_prompts_are_seeded(day):
 
 
 def test_a_level_over_max_pending_reports_the_refusals(track, server, tmp_path, capsys):
-    """8 in flight at a server that takes 6: the refused requests (503) are failed, reported, not lost."""
-    argv = ["loadtest", "--url", server.url, "--concurrency", "8", "--requests", "16", "--max-tokens", "60",
+    """8 in flight at a server that takes 6: the refused requests (503) are failed, reported, not lost.
+    (90 tokens a request: the first 6 are still running when the other 2 arrive, even on a GPU.)"""
+    argv = ["loadtest", "--url", server.url, "--concurrency", "8", "--requests", "16", "--max-tokens", "90",
             "--prompt-lengths", "2", "--api-key", KEY, "--warmup", "0", "--out", str(tmp_path), "--track", track]
     rc, out, err = run_cli(argv, capsys)
     report = json.loads((tmp_path / "loadtest.json").read_text())
