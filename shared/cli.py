@@ -1,5 +1,5 @@
 """`tinyinfer`: the course's command line (status, next, check, hint, reset, diff, render,
-model, generate, serve, bench, doctor). User mistakes get one line on stderr and exit code 2."""
+model, generate, serve, loadtest, bench, doctor). User mistakes get one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -347,6 +347,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    """Day 53: closed-loop load against a running server; bad flags, an unreachable server or a
+    refused key are one line (exit 2) before any load; Ctrl-C writes what was measured (130)."""
+    try:
+        import httpx  # noqa: F401
+        import openai  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"tinyinfer loadtest needs the openai client ({e.name} is missing): pip install openai")
+    from shared import loadtest
+    return loadtest.run_args(args)
+
+
 def cmd_mutants(args) -> int:
     from shared.course import mutants
     return mutants.main_args(args)
@@ -538,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix-cache", action="store_true", help="share cached prompt blocks between requests "
                    "(day 50)")
     s.set_defaults(fn=cmd_serve)
+    s = _command(sub, "loadtest", "load-test a server: throughput, TTFT and inter-token latency against "
+                 "concurrency (day 53)", "Load-test an OpenAI-compatible server (tinyinfer serve, day 52) in a closed "
+                 "loop: at each concurrency C, C clients stream requests back to back. Reports ok / failed / lost / "
+                 "duplicated requests, output tok/s, req/s, TTFT and inter-token latency p50/p90/p99 and the "
+                 "server's KV pool after each level (loadtest.json, loadtest.md, two plots). Ctrl-C writes what was "
+                 "measured so far.")
+    from shared import loadtest
+    loadtest.add_arguments(s)
+    s.set_defaults(fn=cmd_loadtest)
     s = _command(sub, "bench", "benchmark the engine against HF transformers (JSON, Markdown, plots)")
     from shared import bench
     bench.add_arguments(s)

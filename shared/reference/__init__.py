@@ -25,6 +25,7 @@ from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batc
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
 from shared.reference.prefix_cache import CachedBlock, PrefixCache
 from shared.reference.llm import LLM
+from shared.reference.loadtest import drive, latency_stats, percentile, timed_request
 
 
 def __getattr__(name):
@@ -50,4 +51,5 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",
            "PrefixCache", "CachedBlock",
-           "LLM", "serve"]
+           "LLM", "serve",
+           "percentile", "latency_stats", "timed_request", "drive"]

@@ -262,6 +262,20 @@ def make_app(llm, *, model_name: str = "tinyinfer", api_key: str | None = None, 
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "tinyinfer", "max_model_len": llm.max_len}]}
 
+    @app.get("/v1/stats")
+    async def stats(request: HTTPRequest):
+        """Read-only, not OpenAI's: the pool and the queues now (day 53's load test checks that every
+        block is back after a run). Counts read from the engine thread's objects without a lock:
+        each is a whole number, possibly one step old."""
+        authorize(request)
+        r, sched = llm.runner, engine.sched
+        return {"object": "stats", "free_blocks": r.num_free, "total_blocks": r.cache.num_blocks,
+                "block_size": r.block_size, "running": len(getattr(sched, "running", ())),
+                "waiting": len(getattr(sched, "waiting", ())), "pending": engine.pending,
+                "max_pending": engine.max_pending, "aborted": engine.num_aborted,
+                "prefix_cache": r.prefix is not None, "cached_tokens": r.cached_tokens,
+                "max_num_seqs": llm.max_num_seqs, "max_len": llm.max_len}
+
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
         body = await body_of(request)
