@@ -13,7 +13,7 @@ from shared.reference.paged import BlockAllocator, PagedCache
 from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
-from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
+from shared.reference.fusion import add_rmsnorm, forward_fused, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
 from shared.reference.acceptance import AcceptanceStats, AdaptiveK, choose_k, expected_tokens
