@@ -86,13 +86,13 @@ def cmd_status(args) -> int:
             role = "used by the engine" if name in used else "building block"
             print(f"  {name:<24} {src.describe(track):<22} {role}")
     print("\nWhat the engine does now: " + caps.describe() + ".")
+    if caps.reference_only:
+        print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
+              "`--simulate --model tiny` runs your kernels in the simulator.")
     from shared.engine.quant import status_lines
     print("\nQuantized modes (tinyinfer generate|bench --quant MODE), on this track:")
     for line in status_lines(track):
         print(line)
-    if caps.reference_only:
-        print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
-              "`--simulate --model tiny` runs your kernels in the simulator.")
     for line in progress.problems():  # last, where the learner sees it
         print(f"\nwarning: {line}")
     return 0

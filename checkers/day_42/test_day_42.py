@@ -342,7 +342,7 @@ def test_plain_tensors_go_to_the_previous_day(day, track, device):
     assert isinstance(got, torch.Tensor) and torch.equal(got, want), \
         "norm_linear(h, plain w, gated=True) must be the previous norm_linear's output exactly: dispatch on the type"
     x = randn(1, 40, seed=3, device=device)
-    mine, theirs = randn(1, 6, seed=4, device=device), None
+    mine = randn(1, 6, seed=4, device=device)
     theirs = mine.clone()
     day.linear_add(x, w, mine)
     previous("linear_add", track)(x, w, theirs)

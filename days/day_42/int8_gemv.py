@@ -39,9 +39,11 @@ WARP = 32
 VEC = 16              # int8 weights per lane per load: 16 bytes
 PAD = VEC + 1         # shared-memory words per chunk of x: 16 values and one of padding
 MAX_WARPS = 32        # scratch: one value per warp of the largest block (1024 threads)
-BLOCKS_PER_SM = 4     # blocks per SM (symmetric, one scale per row: at most 64 registers a thread, so
-                      # 4 blocks of 256 fit an SM); each block loops over groups of rows
-BLOCKS_PER_SM_WIDE = 2   # zero points or group scales: about 86 registers, only 2 blocks of 256 fit
+BLOCKS_PER_SM = 4     # blocks per SM (16-byte loads, symmetric, one scale per row: at most 64 registers a
+                      # thread, so 4 blocks of 256 fit an SM); each block loops over groups of rows
+BLOCKS_PER_SM_WIDE = 2   # zero points, group scales or element loads: 82-164 registers, 1-2 blocks of 256 fit
+MAX_BLOCK = 256       # the largest block every variant launches with (element loads and groups: up to 164
+                      # registers a thread; an SM has 64K)
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
 MAX_SHARED = 48 * 1024   # x in shared memory (PAD / VEC words per column): the default per-block limit
 EPILOGUES = ("plain", "gated", "rotary", "add")
@@ -233,15 +235,18 @@ def check_operands(name: str, x, w: QuantWeight, what: str, block_size: int) -> 
 
 def launch(epilogue: str, x, norm_w, w: QuantWeight, out, eps: float, positions, inv_freq, rot_rows: int,
            hd2: int, block_size: int) -> None:
-    """One launch of the kernel for `epilogue` over x [T, K]: (item groups, T) blocks."""
+    """One launch of the kernel for `epilogue` over x [T, K]: (item groups, T) blocks of at most
+    MAX_BLOCK threads."""
+    block_size = min(block_size, MAX_BLOCK)
     T, K = x.shape
     rows = w.shape[0]
     items = rows // 2 if epilogue in ("gated", "rotary") else (rows + 1) // 2
     asym = w.zero is not None
     grouped = w.granularity == "group" and w.group_size < K     # one group per row is per channel
-    per_sm = BLOCKS_PER_SM_WIDE if asym or grouped else BLOCKS_PER_SM
+    wide = _wide(x, w.q)
+    per_sm = BLOCKS_PER_SM if wide and not (asym or grouped) else BLOCKS_PER_SM_WIDE
     grid = min(gpu.cdiv(items, block_size // WARP), sm_count(x.device) * per_sm)
-    kernel = kernel_for(_wide(x, w.q), epilogue, asym, grouped)
+    kernel = kernel_for(wide, epilogue, asym, grouped)
     zero = w.zero if asym else w.q       # symmetric: never read (the kernel has no zero-point code)
     gpu.launch(kernel, (grid, T), block_size, x, norm_w, w.q, w.scale, zero, w.group_size, out, K, float(eps),
                x.dtype == torch.float16, positions, inv_freq, rot_rows, hd2,

@@ -26,7 +26,7 @@ MODES = {
 RUNS = ("w8a16",)                 # the modes this engine has today
 KV_INT8_DAY = 44
 VEC = 16                          # int8 weights per 16-byte load: a group must be a multiple of it
-MAX_IN = 11_520                   # the int8 GEMVs keep x in shared memory: at most this many columns
+MAX_IN = 11_312                   # day 42's int8 GEMVs keep x in shared memory (48 KB): at most this many columns
 
 
 @dataclass(frozen=True)
@@ -158,5 +158,5 @@ def status_lines(track: str) -> list[str]:
         lines.append(f"  --quant {mode:<6} {what}" + (":" if ready else
                      " (on the GPU it needs a finished day 41; the CPU reference runs it now):"))
         lines += [f"      {name:<18} {src.describe(track):<22} {role}" for name, src, role in uses]
-    lines.append(f"  --kv-int8       coming on day {KV_INT8_DAY} (an int8 KV cache)")
+    lines.append(f"  --kv-int8      coming on day {KV_INT8_DAY} (an int8 KV cache)")
     return lines
