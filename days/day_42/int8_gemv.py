@@ -39,11 +39,11 @@ WARP = 32
 VEC = 16              # int8 weights per lane per load: 16 bytes
 PAD = VEC + 1         # shared-memory words per chunk of x: 16 values and one of padding
 MAX_WARPS = 32        # scratch: one value per warp of the largest block (1024 threads)
-BLOCKS_PER_SM = 4     # blocks per SM (16-byte loads, symmetric, one scale per row: at most 64 registers a
-                      # thread, so 4 blocks of 256 fit an SM); each block loops over groups of rows
-BLOCKS_PER_SM_WIDE = 2   # zero points, group scales or element loads: 82-164 registers, 1-2 blocks of 256 fit
-MAX_BLOCK = 256       # the largest block every variant launches with (element loads and groups: up to 164
-                      # registers a thread; an SM has 64K)
+BLOCKS_PER_SM = 4     # blocks per SM with 16-byte loads and a scale per row (at most 64 registers a thread:
+                      # 4 blocks of 256 fit an SM); each block loops over groups of rows
+BLOCKS_PER_SM_FEW = 2    # group scales or element loads: 82-164 registers a thread, 1-2 blocks of 256 fit
+MAX_BLOCK = 256       # the largest block every variant launches with (up to 164 registers a thread; an SM
+                      # has 64K)
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
 MAX_SHARED = 48 * 1024   # x in shared memory (PAD / VEC words per column): the default per-block limit
 EPILOGUES = ("plain", "gated", "rotary", "add")
@@ -54,7 +54,7 @@ TRACK = __name__.split(".")[0]      # "days" or "solutions": plain tensors stay 
 @functools.lru_cache(maxsize=None)
 def previous(name: str):
     """The `name` (norm_linear or linear_add) this day takes over from for plain tensors: the
-    highest finished day before it that provides it, else the reference (dequantize-free torch)."""
+    highest finished day before it that provides it, else the reference (torch: day 10's norm, a matmul)."""
     from shared.course import registry
     return registry.resolve_before(name, TRACK, DAY)
 
@@ -244,7 +244,7 @@ def launch(epilogue: str, x, norm_w, w: QuantWeight, out, eps: float, positions,
     asym = w.zero is not None
     grouped = w.granularity == "group" and w.group_size < K     # one group per row is per channel
     wide = _wide(x, w.q)
-    per_sm = BLOCKS_PER_SM if wide and not (asym or grouped) else BLOCKS_PER_SM_WIDE
+    per_sm = BLOCKS_PER_SM if wide and not grouped else BLOCKS_PER_SM_FEW
     grid = min(gpu.cdiv(items, block_size // WARP), sm_count(x.device) * per_sm)
     kernel = kernel_for(wide, epilogue, asym, grouped)
     zero = w.zero if asym else w.q       # symmetric: never read (the kernel has no zero-point code)
