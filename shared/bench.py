@@ -6,6 +6,11 @@
 - `hf_benchmark(...)`: the same numbers for HF transformers (eager attention, greedy generate).
 - `run(...)` / `main(argv)`: build the engines, measure, and write bench.json, bench.md and two
   PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
+  `--quant w8a16` adds the int8 engine (day 42) to the same run: its graph and eager rows, its
+  ratio to the fp16 rows, its kernels, and how many greedy tokens it shares with the fp16 engine.
+- The roofline share of each row divides the track's `decode_bytes` (day 42: weights, scales,
+  norms, the KV cache at the run's middle context, activations) by the time per token and the
+  GPU's theoretical bandwidth.
 Every run makes exactly the tokens asked for (EOS is ignored), after `warmup` untimed runs.
 """
 from __future__ import annotations
@@ -98,17 +103,30 @@ def _fit(lengths, limit: int, what: str) -> list[int]:
 
 
 def weight_bytes(weights) -> int:
-    """Bytes of weights one decode token reads: every layer, the final norm and the lm_head once
-    (a tied lm_head is the embedding table; the embedding itself reads one row)."""
-    import torch
-    seen, total = set(), 0
-    tensors = [weights.final_norm, weights.lm_head] + [t for L in weights.layers for t in vars(L).values()
-                                                        if isinstance(t, torch.Tensor)]
-    for t in tensors:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
+    """Bytes of weights one decode token reads: every layer's matrices (fused or not, int8 with its
+    scales or not) and norms, the final norm and the lm_head once (a tied lm_head is the embedding
+    table; the embedding itself reads one row)."""
+    from shared.quant import QuantWeight
+
+    def size(t):
+        return t.nbytes if isinstance(t, QuantWeight) else t.numel() * t.element_size()
+    total = size(weights.final_norm) + size(weights.lm_head)
+    for L in weights.layers:
+        fused = L.wqkv is not None and L.w_gate_up is not None
+        mats = [L.wqkv, L.w_gate_up] if fused else [L.wq, L.wk, L.wv, L.w_gate, L.w_up]
+        total += sum(size(t) for t in mats + [L.wo, L.w_down, L.attn_norm, L.mlp_norm])
     return total
+
+
+def bytes_per_token(engine, context: int) -> dict:
+    """The track's decode_bytes (day 42, else the reference) for this engine's model, dtype and
+    quantization, at `context` positions: {kind: bytes}."""
+    from shared.course import registry
+    fn = registry.resolve("decode_bytes", engine.track)
+    q = engine.quant
+    return fn(engine.config, None if q is None else q.mode, context=context,
+              group_size=None if q is None else q.group_size, head=True if q is None else q.head,
+              dtype_bytes=engine.dtype.itemsize)
 
 
 def peak_bandwidth_bytes_s() -> float | None:
@@ -235,12 +253,16 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
         prompt_lengths=None, prompt_tokens: int | None = None, new_tokens: int | None = None, warmup: int = 1,
         out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
         graphs: bool | None = None, benchmark_fn=None, progress: bool = True, peer: bool = False,
-        llama_bench: str | None = None, gguf: str | None = None) -> dict:
+        llama_bench: str | None = None, gguf: str | None = None, quant: str | None = None,
+        quant_group: int | None = None, quant_head: bool = True) -> dict:
     """Benchmark the engine -- graph-replayed decode, eager decode, prefix recompute -- and HF in
-    one run; write the report. model None: SmolLM2 on a GPU, tiny without one."""
+    one run; write the report. model None: SmolLM2 on a GPU, tiny without one. quant: also the
+    engine with quantized weights (its graph and eager rows), in the same run."""
     import torch
     from shared.runtime import gpu  # chooses the tier before numba loads
     from shared.engine import Engine
+    from shared.engine.quant import check_options
+    qopts = check_options(quant, quant_group, quant_head)     # one line before any model loads
     model = model or ("tiny" if gpu.SIM else "smollm2")
     engine = Engine(model, track=track, dtype=dtype, graphs=False)
     d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
@@ -285,6 +307,11 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
             _prime(engine, [prompt_tokens, *contexts], new_tokens)
         results[name] = benchmark_fn(engine, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
     engine.use_cache, engine.use_graphs = True, use_graphs
+    middle = prompt_tokens + new_tokens // 2                  # the main run's middle context
+    meta["decode_bytes"] = {"context": middle, "unquantized": bytes_per_token(engine, middle)}
+    if qopts is not None:
+        quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, use_graphs=use_graphs,
+                  contexts=contexts, prompt_lengths=prompt_lengths, longest=longest, **kw)
     if hf:
         results["hf"] = hf_benchmark(engine.model_dir, engine.dtype, engine.device, context_lengths=contexts,
                                      prompt_lengths=prompt_lengths, **kw)
@@ -294,12 +321,48 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
     if llama_bench or gguf:
         from shared.peer import llama_bench as run_llama_bench
         peers["llama.cpp"] = run_llama_bench(llama_bench, gguf)
-    for r in [*results.values(), *peers.values()]:
+    for name, r in [*results.items(), *peers.items()]:
         ms = r.get("ms_per_token")
-        r["roofline_pct"] = 100 * meta["weight_bytes_per_token"] / (ms * 1e-3) / peak if peak and ms else None
+        kinds = meta["quant"]["decode_bytes"] if name in meta.get("quant", {}).get("rows", ()) else \
+            meta["decode_bytes"]["unquantized"]
+        r["roofline_pct"] = 100 * sum(kinds.values()) / (ms * 1e-3) / peak if peak and ms else None
     report = {"meta": meta, "results": results, "peers": peers}
     write_report(report, Path(out_dir))
     return report
+
+
+def quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, *, use_graphs, contexts, prompt_lengths,
+              longest, prompt_tokens, new_tokens, warmup, progress) -> None:
+    """The engine with quantized weights in the same run: its graph and eager rows ("graph w8a16",
+    "cached w8a16") in `results`; meta["quant"]: what it ran, its bytes per token, its GPU time and
+    kernels per token, and how many greedy tokens it shares with the unquantized engine."""
+    from shared.engine import Engine
+    q = Engine(model, track=track, dtype=dtype, graphs=False, quant=qopts.mode, quant_group=qopts.group_size,
+               quant_head=qopts.head)
+    middle = meta["decode_bytes"]["context"]
+    info = {"mode": qopts.mode, "engine": q.describe(), "weight_bytes_per_token": weight_bytes(q.weights),
+            "decode_bytes": bytes_per_token(q, middle), "rows": [],
+            "gpu_ms_per_token": gpu_ms_per_token(q, prompt_tokens, max_len=longest)}
+    try:
+        info["kernels_per_token"] = kernel_breakdown(q, prompt_tokens, max_len=longest)
+    except Exception as e:                    # a profiler failure must not lose the rest of the report
+        info["kernels_per_token"] = None
+        info["kernels_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    kw = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, warmup=warmup, progress=progress)
+    for name, graphed in ([("graph", True)] if use_graphs else []) + [("cached", False)]:
+        q.use_cache, q.use_graphs = True, graphed
+        if graphed:
+            _prime(q, [prompt_tokens, *contexts], new_tokens)
+        row = f"{name} {qopts.mode}"
+        results[row] = benchmark_fn(q, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
+        info["rows"].append(row)
+    q.use_graphs = use_graphs
+    prompt = synthetic_prompt(engine.config.vocab_size, prompt_tokens)
+    ours = list(engine.generate_ids(prompt, max_new_tokens=new_tokens, ignore_eos=True))
+    theirs = list(q.generate_ids(prompt, max_new_tokens=new_tokens, ignore_eos=True))
+    info["greedy_tokens_equal_to_unquantized"] = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+                                                      len(ours))
+    meta["quant"] = info
 
 
 def _peer(engine, prompt_tokens: int, new_tokens: int) -> dict:
@@ -370,9 +433,53 @@ def markdown(report: dict) -> str:
     for name, r in res.items():
         by = {p["context"]: p["decode_tok_s"] for p in r["decode_vs_context"]}
         lines.append(f"| {name} | " + " | ".join(_fmt(by.get(c)) for c in m["contexts"]) + " |")
+    lines += quant_lines(report)
     lines += peer_lines(report)
     lines += kernel_lines(m)
+    if m.get("quant", {}).get("kernels_per_token"):
+        lines += [line.replace("Where a decode token's GPU time goes", f"With --quant {m['quant']['mode']}: where "
+                               "a decode token's GPU time goes", 1) for line in kernel_lines(m["quant"] | {
+                                   "prompt_tokens": m["prompt_tokens"]})]
     return "\n".join(lines) + "\n"
+
+
+def bytes_lines(m: dict) -> list[str]:
+    """Bytes per decode token by kind (the track's decode_bytes), unquantized and quantized."""
+    d = m.get("decode_bytes")
+    if not d:
+        return []
+    cols = [("unquantized", d["unquantized"])] + ([(m["quant"]["mode"], m["quant"]["decode_bytes"])]
+                                                   if m.get("quant") else [])
+    lines = ["", f"Bytes per decode token (decode_bytes at context {d['context']}; the roofline share divides "
+             "their sum by the time per token and the theoretical bandwidth):", "",
+             "| kind | " + " | ".join(f"{name} MB" for name, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for kind in d["unquantized"]:
+        lines.append(f"| {kind} | " + " | ".join(f"{b[kind] / 1e6:,.2f}" for _, b in cols) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{sum(b.values()) / 1e6:,.2f}**" for _, b in cols) + " |")
+    if len(cols) == 2:
+        lines.append(f"\nAt most {sum(cols[0][1].values()) / sum(cols[1][1].values()):.2f}x from the bytes alone "
+                     "(what stays in the model dtype does not shrink).")
+    return lines
+
+
+def quant_lines(report: dict) -> list[str]:
+    """The quantized engine against the unquantized one, same run."""
+    m, res = report["meta"], report["results"]
+    q = m.get("quant")
+    lines = bytes_lines(m)
+    if not q:
+        return lines
+    lines += ["", f"--quant {q['mode']}: {q['engine']}; greedy tokens equal to the unquantized engine's for the "
+              f"first {q['greedy_tokens_equal_to_unquantized']} of {m['new_tokens']} (the main prompt).", ""]
+    for row in q["rows"]:
+        base = row.split()[0]
+        if base in res and res[row]["decode_tok_s"] and res[base]["decode_tok_s"]:
+            lines.append(f"- `{row}` vs `{base}`: decode {_fmt(res[row]['decode_tok_s'])} vs "
+                         f"{_fmt(res[base]['decode_tok_s'])} tok/s = **{res[row]['decode_tok_s'] / res[base]['decode_tok_s']:.2f}x**")
+    if q.get("gpu_ms_per_token") and m.get("gpu_ms_per_token"):
+        lines.append(f"- GPU time per decode token (one graph replayed): {q['gpu_ms_per_token']:.3f} vs "
+                     f"{m['gpu_ms_per_token']:.3f} ms = {m['gpu_ms_per_token'] / q['gpu_ms_per_token']:.2f}x")
+    return lines
 
 
 def kernel_lines(m: dict, top: int = 14) -> list[str]:
@@ -453,6 +560,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llama-bench", default=None, metavar="PATH",
                    help="a llama-bench binary (default: one on PATH when --gguf is given)")
     p.add_argument("--gguf", default=None, metavar="FILE", help="the GGUF of this model for llama-bench")
+    from shared.engine.quant import add_arguments as add_quant_arguments
+    add_quant_arguments(p.add_argument_group("quantized weights (day 42): the quantized engine too, same run"))
     spec = p.add_argument_group("speculative decoding (day 39): plain vs each method on shared/spec_prompts.py")
     spec.add_argument("--speculative", nargs="?", const="ngram,draft", default=None, metavar="METHODS",
                       help="run this benchmark instead: comma-separated methods, ngram and/or draft (default both)")
@@ -471,7 +580,9 @@ def run_speculative(args: argparse.Namespace) -> dict:
     from shared.engine.speculative import parse_k
     bench_only = [f for f, v in (("--contexts", args.contexts), ("--prompt-lengths", args.prompt_lengths),
                                  ("--prompt-tokens", args.prompt_tokens), ("--peer", args.peer),
-                                 ("--llama-bench", args.llama_bench), ("--gguf", args.gguf)) if v]
+                                 ("--llama-bench", args.llama_bench), ("--gguf", args.gguf), ("--quant", args.quant),
+                                 ("--quant-group", args.quant_group), ("--no-quant-head", args.no_quant_head),
+                                 ("--kv-int8", args.kv_int8)) if v]
     if bench_only:
         raise ValueError(f"--speculative runs its own prompts and engines: drop {', '.join(bench_only)}")
     report = spec_bench.run(args.model, track=args.track, dtype=args.dtype,
@@ -488,12 +599,14 @@ def run_speculative(args: argparse.Namespace) -> dict:
 def run_args(args: argparse.Namespace) -> dict:
     if getattr(args, "speculative", None) is not None:
         return run_speculative(args)
+    from shared.engine.quant import check_options
+    check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)   # one line, before any model
     report = run(args.model, track=args.track, dtype=args.dtype, contexts=args.contexts,
                  prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
                  graphs=False if args.no_graph else None,
                  naive_max_context=args.naive_max_context, peer=args.peer, llama_bench=args.llama_bench,
-                 gguf=args.gguf)
+                 gguf=args.gguf, quant=args.quant, quant_group=args.quant_group, quant_head=not args.no_quant_head)
     print(markdown(report))
     print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")
     return report

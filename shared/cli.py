@@ -89,6 +89,10 @@ def cmd_status(args) -> int:
     if caps.reference_only:
         print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
               "`--simulate --model tiny` runs your kernels in the simulator.")
+    from shared.engine.quant import status_lines
+    print("\nQuantized modes (tinyinfer generate|bench --quant MODE), on this track:")
+    for line in status_lines(track):
+        print(line)
     for line in progress.problems():  # last, where the learner sees it
         print(f"\nwarning: {line}")
     return 0
@@ -250,6 +254,15 @@ def _check_speculative(args) -> int | str:
     return k
 
 
+def check_quant(args):
+    """--quant and its companions, checked before any model loads: the options, or None."""
+    from shared.engine.quant import check_options
+    try:
+        return check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def _progress(ids, prompt_tokens: int, max_new: int, per_token: bool):
     """Token ids, passed through, with progress on stderr: the simulator takes minutes per token."""
     import time
@@ -274,12 +287,14 @@ def cmd_generate(args) -> int:
     from shared.engine import SamplingParams   # bad sampling flags: one line before any model loads
     SamplingParams(args.temperature, args.top_k, args.top_p, args.max_new_tokens, seed=args.seed)
     spec_k = _check_speculative(args)
+    check_quant(args)
     engine = Engine(args.model, track=args.track, dtype=args.dtype, use_cache=False if args.no_cache else None,
                     simulate=args.simulate, graphs=False if args.no_graph else None,
                     paged=False if args.no_paged else None,
                     block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
                     num_blocks=args.num_blocks, speculative=args.speculative, spec_k=spec_k,
-                    draft_layers=args.draft_layers, draft_model=args.draft_model)
+                    draft_layers=args.draft_layers, draft_model=args.draft_model, quant=args.quant,
+                    quant_group=args.quant_group, quant_head=not args.no_quant_head, kv_int8=args.kv_int8)
     print(f"[{engine.describe()}]", file=sys.stderr)
     from shared import models
     if Path(engine.model_dir).resolve() == (models.home() / models.TINY_DIR).resolve():
@@ -522,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec-k", default=None, metavar="K|auto", help="tokens drafted per target step with "
                    "--speculative (default 4, at most 16), or auto: K chosen each step from the running acceptance "
                    "(day 38)")
+    from shared.engine.quant import add_arguments as add_quant_arguments
+    add_quant_arguments(s)
     s.add_argument("--simulate", action="store_true", help="run the track's kernels in the simulator (tiny model; "
                    "minutes per token)")
     s.set_defaults(fn=cmd_generate)

@@ -76,6 +76,19 @@ class QuantWeight:
     def bytes_per_weight(self) -> float:
         return self.nbytes / self.q.numel()
 
+    def rows(self, start: int, stop: int) -> "QuantWeight":
+        """Rows start..stop-1 as a QuantWeight that shares this one's memory (q, and the scales and
+        zero points of those rows; a per-tensor weight's single scale is shared as it is). Day 42
+        quantizes wqkv and w_gate_up whole and re-points wq, wk, wv, w_gate, w_up to such views,
+        as fuse_projections does for plain tensors."""
+        if not 0 <= start <= stop <= self.q.shape[0]:
+            raise ValueError(f"QuantWeight.rows({start}, {stop}) of a weight with {self.q.shape[0]} rows")
+
+        def part(t):
+            return t if t is None or t.shape[0] == 1 and self.granularity == "tensor" else t[start:stop]
+        return QuantWeight(self.q[start:stop], part(self.scale), part(self.zero), self.group_size, self.scheme,
+                           self.granularity, self.dtype)
+
 
 def check_quantize_args(w: torch.Tensor, scheme: str, granularity: str, group_size: int, clip: float) -> int:
     """One-line ValueErrors for what a caller can get wrong; returns the columns per scale."""

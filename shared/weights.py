@@ -11,6 +11,9 @@ lm_head.weight (or embed when tied)       -> lm_head
 
 fuse_projections(weights) (day 54) adds, per layer, wqkv = [wq; wk; wv] and w_gate_up = [w_gate; w_up]
 and re-points wq, wk, wv, w_gate, w_up to row slices of them: one GEMV instead of three (two).
+A matrix may be a QuantWeight (shared/quant.py) once day 42's quantize_weights has run: it
+quantizes the fused matrices whole and re-points the parts to `QuantWeight.rows` views of them,
+which fuse_projections recognises and leaves alone.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shared.config import ModelConfig
+from shared.quant import QuantWeight
 
 LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm",
@@ -71,9 +75,13 @@ class ModelWeights:
         return all(L.wqkv is not None and L.w_gate_up is not None for L in self.layers)
 
 
-def _views_of(whole: torch.Tensor | None, parts: list[torch.Tensor]) -> bool:
-    """Whether parts are, in order, consecutive row slices of `whole` (same storage, same data)."""
-    if whole is None or sum(p.shape[0] for p in parts) != whole.shape[0]:
+def _views_of(whole, parts: list) -> bool:
+    """Whether parts are, in order, consecutive row slices of `whole` (same storage, same data);
+    for a QuantWeight, whether the parts' int8 values are row slices of its values."""
+    if isinstance(whole, QuantWeight):
+        return all(isinstance(p, QuantWeight) for p in parts) and _views_of(whole.q, [p.q for p in parts])
+    if whole is None or any(isinstance(p, QuantWeight) for p in parts) \
+            or sum(p.shape[0] for p in parts) != whole.shape[0]:
         return False
     row, start = whole.stride(0) * whole.element_size(), whole.data_ptr()
     for p in parts:
@@ -86,6 +94,9 @@ def _views_of(whole: torch.Tensor | None, parts: list[torch.Tensor]) -> bool:
 
 def _fuse(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The rows of parts in one new contiguous matrix, and each part as a row-slice view of it."""
+    if any(isinstance(p, QuantWeight) for p in parts):
+        raise ValueError("fuse_projections: a projection is quantized on its own; quantize after fusing "
+                         "(day 42's quantize_weights quantizes wqkv and w_gate_up whole)")
     whole = torch.cat(parts, dim=0)
     views, start = [], 0
     for p in parts:

@@ -332,6 +332,27 @@ def test_linear_add_long_rows_each_token_its_own_x(day, device):
     assert_close(h, want, "linear_add with 520-long rows and 3 tokens", **tol(torch.float32))
 
 
+def test_quantized_weights_go_to_the_previous_day(day, track, device):
+    """A QuantWeight (int8, --quant w8a16) is not this day's business: norm_linear and linear_add hand
+    it on, with the epilogue options, to the previous day that provides them (day 42's int8 kernels,
+    else the reference), bit for bit."""
+    from shared.course import registry
+    from shared.quant import QuantWeight
+    q = reference.quantize_int8(0.2 * randn(6, 32, seed=51))
+    qw = QuantWeight(q.q.to(device), q.scale.to(device), None, q.group_size, q.scheme, q.granularity, q.dtype)
+    h, nw = randn(1, 32, seed=52, device=device), 1.0 + 0.5 * randn(32, seed=53, device=device)
+    previous = registry.resolve_before("norm_linear", track, 54)
+    got, want = day.norm_linear(h, nw, 1e-5, qw, gated=True), previous(h, nw, 1e-5, qw, gated=True)
+    assert isinstance(got, torch.Tensor) and torch.equal(got, want), \
+        f"norm_linear(h, QuantWeight, gated=True) must be {previous.__module__}.norm_linear's output exactly"
+    x = randn(1, 32, seed=54, device=device)
+    mine = randn(1, 6, seed=55, device=device)
+    theirs = mine.clone()
+    day.linear_add(x, qw, mine)
+    registry.resolve_before("linear_add", track, 54)(x, qw, theirs)
+    assert torch.equal(mine, theirs), "linear_add(x, QuantWeight, h) must be the previous linear_add's update exactly"
+
+
 @pytest.mark.parametrize("case", list(BAD_FUSED))
 def test_fused_gemv_bad_inputs_raise_value_error(day, device, case):
     x, w, h, nw = (torch.ones(1, 8, device=device), torch.ones(4, 8, device=device),

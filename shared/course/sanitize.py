@@ -96,6 +96,24 @@ def _day_41(m, device):
     m.linear(randn(19, 200), quantize_int8(randn(7, 200)), path="gemm")   # tiled GEMM, ragged tiles
 
 
+def _day_42(m, device):
+    torch, randn = _tensors(device)
+    from shared.quant import QuantWeight
+    from shared.reference import quantize_int8
+
+    def int8(rows, cols, **kw):
+        q = quantize_int8(randn(rows, cols).cpu(), **kw)
+        return QuantWeight(q.q.to(device), q.scale.to(device), None if q.zero is None else q.zero.to(device),
+                           q.group_size, q.scheme, q.granularity, q.dtype)
+    h, nw = randn(2, 200, dtype=torch.float16), randn(200, dtype=torch.float16)   # x into shared memory, then rows
+    m.norm_linear(h, nw, 1e-5, int8(9, 200), block_size=64)
+    pos = torch.tensor([3, 40], dtype=torch.int32, device=device)
+    m.norm_linear(h, nw, 1e-5, int8(16, 200, scheme="asymmetric"), rope=(pos, randn(4).abs(), 1), block_size=64)
+    g, gw = randn(2, 192, dtype=torch.float16), randn(192, dtype=torch.float16)     # groups: a scale per chunk
+    m.norm_linear(g, gw, 1e-5, int8(6, 192, granularity="group", group_size=32), gated=True, block_size=64)
+    m.linear_add(randn(2, 200, dtype=torch.float16), int8(7, 200), randn(2, 7, dtype=torch.float16), block_size=32)
+
+
 def _day_48(m, device):
     torch, randn = _tensors(device)
     h = torch.float16                                 # the tensor-core skinny linear: split-K sums in shared memory
@@ -164,7 +182,7 @@ def _day_30(m, device):
 
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30, 41: _day_41, 48: _day_48, 54: _day_54}
+             27: _day_27, 30: _day_30, 41: _day_41, 42: _day_42, 48: _day_48, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:

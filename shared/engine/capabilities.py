@@ -58,6 +58,8 @@ _PAGED = ("PagedCache", "BlockAllocator", "paged_kv_write", "paged_decode_attent
 def engine_components(caps: Capabilities) -> set[str]:
     """The components on the engine's path in this mode (for `tinyinfer status` and progress messages)."""
     names = set(_ALWAYS)
+    if (registry.source("forward", caps.track).day or 0) >= 54:
+        names |= {"norm_linear", "linear_add"}    # day 54's forward: the decode step's fused GEMVs
     if caps.cache:
         names |= set(_PAGED if caps.paged else _CACHE)
     if caps.graphs:

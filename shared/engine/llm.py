@@ -7,7 +7,8 @@ once day 31 is finished; CUDA graphs for the decode step once day 23 is finished
 present; speculative decoding when asked for (`speculative="ngram"`, or `"draft"` with a draft
 model: `draft_layers=L` of the target's own or `draft_model=DIR`; shared/engine/speculative.py)
 once day 35 is finished, with K chosen per round from the running acceptance (`spec_k="auto"`)
-once day 38 is. The per-step work is the runner's
+once day 38 is; int8 weights when asked for (`quant="w8a16"`, quantized once at load time:
+shared/engine/quant.py). The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from shared.course.registry import Ops, default_track
 from shared.engine.attention import NoCache, StaticCache
 from shared.engine.capabilities import capabilities
 from shared.engine.decode_loop import generate_async
+from shared.engine import quant as quant_modes
 from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import ModelRunner, check_ids
 from shared.engine.sequence import SamplingParams, Sequence
@@ -52,13 +54,16 @@ class Engine:
                  graphs: bool | None = None, paged: bool | None = None, block_size: int = 16,
                  num_blocks: int | None = None, async_decode: bool | None = None,
                  speculative: str | None = None, spec_k: int | str = DEFAULT_K, draft_layers: int | None = None,
-                 draft_model: str | None = None):
+                 draft_model: str | None = None, quant: str | None = None, quant_group: int | None = None,
+                 quant_head: bool = True, kv_int8: bool = False):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
         self.on_gpu = not gpu.SIM
         self.reference_only = self.caps.reference_only
         check_draft(speculative, draft_layers, draft_model)    # one line before the model loads
+        self.quant = quant_modes.check_options(quant, quant_group, quant_head, kv_int8)
+        quant_modes.check_track(self.quant, self.track, self.reference_only)
         if speculative is not None:
             check_options(speculative, spec_k)
             if use_cache is False or not self.caps.cache:
@@ -83,10 +88,13 @@ class Engine:
             self.dtype = torch.float16 if self.on_gpu else torch.float32
         self.model_dir = models.resolve(model)
         ops = self.ops
+        if self.quant is not None:          # what the model must have: from its config, before any kernel
+            quant_modes.check_model(self.quant, ops.load_config(self.model_dir), kernels=not self.reference_only)
         self.tokenizer = ops.Tokenizer(self.model_dir)
         self.weights = ops.load_model(self.model_dir, dtype=self.dtype, device=self.device)
         self.config = self.weights.config
         self.weights.inv_freq = ops.rope_frequencies(self.config).to(self.device)
+        quant_modes.apply(ops, self.weights, self.quant)       # int8 matrices, once (after fusing)
         self.use_cache = self.caps.cache if use_cache is None else use_cache
         self.use_graphs = self.caps.graphs if graphs is None else graphs
         if self.use_graphs and not self.caps.graphs:
@@ -110,7 +118,8 @@ class Engine:
                       paged=self.use_cache and self.use_paged)
         k = f"auto {AUTO_K[0]}..{AUTO_K[1]}" if self.spec_k == "auto" else self.spec_k
         spec = f", speculative {self.speculative} (K={k}{self._describe_draft()})" if self.speculative else ""
-        return now.describe(str(self.dtype).removeprefix("torch.")) + spec
+        quant = f", {self.quant.describe()}" if self.quant else ""
+        return now.describe(str(self.dtype).removeprefix("torch.")) + quant + spec
 
     def _describe_draft(self) -> str:
         if self.speculative != "draft":

@@ -13,7 +13,7 @@ from shared.reference.paged import BlockAllocator, PagedCache
 from shared.reference.streaming import StreamEvent, StreamStats, stream, summary
 from shared.reference.tokenizer import IncrementalDetokenizer, Tokenizer
 from shared.reference.benchmark import benchmark
-from shared.reference.fusion import add_rmsnorm, linear_add, norm_linear
+from shared.reference.fusion import add_rmsnorm, forward_fused, linear_add, norm_linear
 from shared.reference.speculative import Verifier, ngram_draft, speculative, verify
 from shared.reference.spec_sampling import sample_probs, spec_sample
 from shared.reference.acceptance import AcceptanceStats, AdaptiveK, choose_k, expected_tokens
@@ -21,6 +21,7 @@ from shared.reference.round_cost import RoundCost, drafts_per_round, fit_round_c
 from shared.reference.model_draft import ModelDraft, model_draft, self_draft
 from shared.reference.quant import dequantize, quantize_int8
 from shared.reference.quant import linear_w8a16
+from shared.reference.quant import decode_bytes, quantize_weights
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
 from shared.reference.prefix_cache import CachedBlock, PrefixCache
@@ -48,6 +49,7 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "model_draft", "ModelDraft", "self_draft",
            "quantize_int8", "dequantize",
            "linear_w8a16",
+           "quantize_weights", "decode_bytes",
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",
            "PrefixCache", "CachedBlock",

@@ -16,6 +16,9 @@ no product is ever added to anything).
 rint rounds half to even (torch.round). A scale that comes out 0 (an all-zero group) is 1, so
 nothing divides by zero and every element comes back exactly 0. The range of the asymmetric
 grid always contains 0: 0.0 is exact and the zero point fits in int8.
+
+Day 42: `quantize_weights` (the engine's --quant w8a16, at load time) and `decode_bytes` (what a
+decode token reads and writes, for the roofline) are here too.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 
 from shared.quant import QuantWeight, check_finite, check_quantize_args, dequantize
 
-__all__ = ["quantize_int8", "dequantize", "linear_w8a16"]
+__all__ = ["quantize_int8", "dequantize", "linear_w8a16", "quantize_weights", "decode_bytes"]
 
 
 def _div(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -65,3 +68,83 @@ def linear_w8a16(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
     """Day 41's oracle: x [T, in] (fp16/fp32) @ dequantize(w).T in float32, rounded once to x's
     dtype -- what `linear(x, w)` computes for a QuantWeight (the kernels sum in another order)."""
     return (x.float() @ dequantize(w, torch.float32).T).to(x.dtype)
+
+
+# ---- day 42: the engine's quantized weights, and what a decode token reads ------------------------
+def quantize_weights(weights, ops, *, scheme: str = "symmetric", granularity: str = "channel",
+                     group_size: int = 128, head: bool = True):
+    """Quantize a fused model's matrices to int8 IN PLACE, at load time; returns `weights`.
+
+    Each layer's wqkv and w_gate_up become ONE QuantWeight each (ops.quantize_int8 with these
+    options), and wq, wk, wv, w_gate, w_up row views of them (`QuantWeight.rows`); wo and w_down
+    become QuantWeights; the lm_head too when `head` (a tied head leaves the embedding table as
+    it is: the lookup reads one row). Norms and the embedding stay. A matrix that already is a
+    QuantWeight is left alone (idempotent). Weights that fuse_projections has not fused: ValueError.
+    """
+    if not weights.fused:
+        raise ValueError("quantize_weights needs fused weights: call shared.weights.fuse_projections(weights) "
+                         "first, so wqkv and w_gate_up are quantized whole")
+
+    def quantize(w):
+        return w if isinstance(w, QuantWeight) else ops.quantize_int8(w, scheme=scheme, granularity=granularity,
+                                                                      group_size=group_size)
+
+    def fused(whole, parts):
+        qw = quantize(whole)
+        views, start = [], 0
+        for p in parts:
+            views.append(qw.rows(start, start + p.shape[0]))
+            start += p.shape[0]
+        return qw, views
+
+    for L in weights.layers:
+        L.wqkv, (L.wq, L.wk, L.wv) = fused(L.wqkv, [L.wq, L.wk, L.wv])
+        L.w_gate_up, (L.w_gate, L.w_up) = fused(L.w_gate_up, [L.w_gate, L.w_up])
+        L.wo, L.w_down = quantize(L.wo), quantize(L.w_down)
+    if head:
+        weights.lm_head = quantize(weights.lm_head)
+    return weights
+
+
+DECODE_KEYS = ("weights", "scales", "norms", "embedding", "kv", "activations")
+
+
+def decode_bytes(config, quant: str | None = None, *, context: int = 1, group_size: int | None = None,
+                 head: bool = True, dtype_bytes: int = 2) -> dict:
+    """Bytes one decode token (batch 1, day 54's fused step) moves, by kind -> {key: int}.
+
+    quant None: every matrix in the model dtype (dtype_bytes each); "w8a16": int8 matrices with
+    one float32 scale per row (group_size None) or per group of group_size columns, symmetric; the
+    lm_head int8 too unless head=False. With L layers, D hidden, H / KV heads of hd, F inter, V vocab:
+      weights      wqkv [(H + 2 KV) hd, D], wo [D, H hd], w_gate_up [2F, D], w_down [D, F] per layer, lm_head [V, D]
+      scales       4 bytes per row (or per group) of each int8 matrix; 0 unquantized
+      norms        2 D per layer + D (the final norm), dtype_bytes each
+      embedding    one row: D values
+      kv           L * 2 (K and V) * KV * hd values per position, for `context` positions read (the new token
+                   included) and the new one written: context + 1 positions
+      activations  each GEMV reads its input row and writes its output row (linear_add reads and writes h:
+                   one more row), dtype_bytes each: per layer D + (H + 2 KV) hd | H hd + 2D | D + F | F + 2D;
+                   then the head reads D and the logits are written once in fp32 (4 V bytes)
+    """
+    if quant not in (None, "w8a16"):
+        raise ValueError(f"decode_bytes: quant must be None or 'w8a16', got {quant!r}")
+    c, b = config, dtype_bytes
+    D, F, V, hd = c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim
+    H, KV, L = c.num_heads, c.num_kv_heads, c.num_layers
+    layer = [((H + 2 * KV) * hd, D), (D, H * hd), (2 * F, D), (D, F)]           # [out, in] per layer
+    mats = [(shape, True) for _ in range(L) for shape in layer] + [((V, D), head)]
+    out = dict.fromkeys(DECODE_KEYS, 0)
+    for (n, k), quantized in mats:
+        if quant == "w8a16" and quantized:
+            if group_size is not None and k % group_size:
+                raise ValueError(f"decode_bytes: group_size {group_size} does not divide in = {k}")
+            out["weights"] += n * k
+            out["scales"] += 4 * n * (1 if group_size is None else k // group_size)
+        else:
+            out["weights"] += b * n * k
+    out["norms"] = b * (2 * L + 1) * D
+    out["embedding"] = b * D
+    out["kv"] = b * L * 2 * KV * hd * (context + 1)
+    per_layer = D + (H + 2 * KV) * hd + H * hd + 2 * D + D + F + F + 2 * D
+    out["activations"] = b * (L * per_layer + D) + 4 * V
+    return out

@@ -11,14 +11,18 @@ the GEMVs on either side can do them as a prologue and an epilogue:
   a warp computes rows i and i + hd/2 of a head and rotates q and k by their position (day
   12's RoPE as the epilogue).
 - linear_add(x, w, h): h += x @ w.T in place. Day 11's GEMV whose row owner adds its sum to h[n].
+Both take fp16 / fp32 weights; a QuantWeight (int8, --quant w8a16) goes to the previous day that
+provides the name (day 42's int8 kernels with the same fusions), as day 48's linear hands it to day 41.
 
 Lesson: notes/day_54_fusion.md ("Folding the norm and the add into the GEMV")
 Check: pytest checkers/day_54
 """
+import functools
 import math
 
 import torch
 
+from shared.quant import QuantWeight
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 from numba.core.types import float16
@@ -31,6 +35,17 @@ MAX_WARPS = 32        # scratch: one value per warp of the largest block (1024 t
 BUSY_WARPS = 4096     # linear_add: split short matrices' rows over more warps until about this many run
 BLOCKS_PER_SM = 4     # norm_linear: resident blocks per SM (64 registers a thread: 4 of 256 fill an SM); each loops over rows
 SIM_SMS = 2           # the simulator: pretend 2 SMs, so blocks do loop over several groups of rows
+DAY = 54
+TRACK = __name__.split(".")[0]      # "days" or "solutions"
+
+
+# ---- given: where int8 weights go ---------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def previous(name: str):
+    """The norm_linear / linear_add a QuantWeight goes to: the highest finished day before this one
+    that provides `name` (day 42's int8 kernels), else the reference (dequantize, then multiply)."""
+    from shared.course import registry
+    return registry.resolve_before(name, TRACK, DAY)
 
 
 def make_norm_gemv(load, gated, rotary):
@@ -312,7 +327,10 @@ def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch
     prefill. Raise ValueError (one line) for shapes or dtypes that do not fit, a norm_weight
     that is not [in], a gated w with an odd number of rows, a rope that does not fit w, gated and
     rope together, or a block_size that is not a power of two from 32 to 1024.
+    A QuantWeight w goes to previous("norm_linear") (given).
     """
+    if isinstance(w, QuantWeight):                # int8 weights: day 42's kernels
+        return previous("norm_linear")(h, norm_weight, eps, w, gated=gated, rope=rope)
     _rows("norm_linear", h, w, "h")
     if norm_weight.dim() != 1 or norm_weight.shape[0] != h.shape[1] or norm_weight.dtype != h.dtype:
         raise ValueError(f"norm_linear: norm_weight must be [{h.shape[1]}] of {h.dtype}, "
@@ -355,7 +373,10 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, *, block_size:
     h's dtype, then added to h and rounded again, as HF's `h = h + o_proj(a)`. Raise ValueError
     (one line) for shapes or dtypes that do not fit, an h that is not contiguous (the update
     must land in h itself), or a bad block_size / warps_per_row (powers of two, as day 11).
+    A QuantWeight w goes to previous("linear_add") (given).
     """
+    if isinstance(w, QuantWeight):                # int8 weights: day 42's kernels
+        return previous("linear_add")(x, w, h)
     _rows("linear_add", x, w, "x")
     if h.shape != (x.shape[0], w.shape[0]) or h.dtype != x.dtype:
         raise ValueError(f"linear_add: h must be [T, out] = [{x.shape[0]}, {w.shape[0]}] of {x.dtype}, "

@@ -1,0 +1,85 @@
+"""The engine's quantized modes (shared/engine/quant.py): `--quant MODE`, `--quant-group`,
+`--no-quant-head`, `--kv-int8` on generate and bench, `tinyinfer status`, and the CPU reference
+path of w8a16 (dequantize, then matmul) against the model with dequantized weights."""
+import pytest
+import torch
+
+from shared.course.testing import assert_cli_refuses
+from shared.quant import QuantWeight, dequantize
+
+BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "w8a8"], ["--quant", "w4a16"], ["--quant", "gguf"],
+             ["--kv-int8"], ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
+             ["--quant", "w8a16", "--quant-group", "8"], ["--quant", "w8a16", "--quant-group", "128"],
+             ["--quant", "w8a16", "--kv-int8"]]
+
+
+def test_generate_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
+    """Unknown modes, the modes of later days (which day brings them), companions without --quant,
+    a group that is no multiple of 16 or does not divide the tiny model's 64: exit 2, one line."""
+    assert_cli_refuses(["generate", "hi", "--model", str(tiny_model), "--max-new-tokens", "2"], BAD_QUANT, capsys)
+
+
+def test_bench_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
+    assert_cli_refuses(["bench", "--model", str(tiny_model), "--no-hf", "--no-naive"], BAD_QUANT[:8], capsys)
+    assert_cli_refuses(["bench", "--model", str(tiny_model), "--speculative", "ngram"], [["--quant", "w8a16"]], capsys)
+
+
+@pytest.mark.parametrize("mode,day", [("w8a8", 43), ("gguf", 47)])
+def test_a_later_mode_says_which_day_brings_it(mode, day):
+    from shared.engine.quant import check_options
+    with pytest.raises(ValueError, match=f"coming on day {day}"):
+        check_options(mode)
+
+
+def test_generate_with_int8_weights_on_the_cpu(tiny_model, capsys):
+    """--quant w8a16 without a GPU: the reference path says what it runs and generates."""
+    from shared import cli
+    assert cli.main(["generate", "Deep learning is", "--model", str(tiny_model), "--max-new-tokens", "4",
+                     "--quant", "w8a16", "--quant-group", "32", "--no-quant-head"]) == 0
+    err = capsys.readouterr().err
+    assert "w8a16" in err and "groups of 32" in err and "lm_head kept" in err, err
+
+
+def test_status_lists_what_each_quant_mode_uses(capsys):
+    from shared import cli
+    assert cli.main(["status", "--track", "solutions"]) == 0
+    out = capsys.readouterr().out
+    assert "--quant w8a16" in out and "quantize_weights" in out and "coming on day 43" in out \
+        and "--kv-int8" in out, out[-1500:]
+
+
+def test_engine_w8a16_is_the_model_with_dequantized_weights(tiny_model, track):
+    """Engine(quant="w8a16") on the CPU reference path: every matrix the fused step reads is a
+    QuantWeight (the parts views of the fused ones), norms and the embedding stay, and the greedy
+    tokens and logits are those of the fp32 engine whose matrices are dequantized."""
+    from shared.engine import Engine
+    q = Engine(str(tiny_model), track=track, dtype="fp32", quant="w8a16")
+    L = q.weights.layers[0]
+    assert all(isinstance(t, QuantWeight) for t in (L.wqkv, L.wq, L.wk, L.wv, L.wo, L.w_gate_up, L.w_gate, L.w_up,
+                                                     L.w_down, q.weights.lm_head))
+    assert isinstance(q.weights.embed, torch.Tensor) and isinstance(L.attn_norm, torch.Tensor)
+    d = Engine(str(tiny_model), track=track, dtype="fp32")
+    from shared.weights import fuse_projections
+    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            setattr(Ld, name, dequantize(getattr(Lq, name)))
+        Ld.wqkv = Ld.w_gate_up = None
+    d.weights.lm_head = dequantize(q.weights.lm_head)
+    fuse_projections(d.weights)
+    ids = q.prompt_ids("int8 weights, fp32 activations")
+    assert list(q.generate_ids(ids, max_new_tokens=12)) == list(d.generate_ids(ids, max_new_tokens=12))
+    torch.testing.assert_close(q.forward(ids), d.forward(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_bench_runs_the_quantized_engine_in_the_same_run(tiny_model, tmp_path):
+    """bench --quant w8a16 on the CPU: the quantized engine's rows, its bytes per token (weights at
+    a quarter of fp32's), and its greedy agreement with the unquantized engine."""
+    from shared import bench
+    r = bench.run(str(tiny_model), dtype="fp32", contexts=[8], prompt_lengths=[8], prompt_tokens=8, new_tokens=4,
+                  out_dir=tmp_path, hf=False, naive=False, progress=False, quant="w8a16")
+    q = r["meta"]["quant"]
+    assert "cached w8a16" in r["results"] and q["rows"] == ["cached w8a16"]
+    fp32, int8 = r["meta"]["decode_bytes"]["unquantized"], q["decode_bytes"]
+    assert fp32["weights"] == 4 * int8["weights"] and int8["scales"] > 0
+    assert 0 <= q["greedy_tokens_equal_to_unquantized"] <= 4
+    assert "w8a16" in (tmp_path / "bench.md").read_text()

@@ -1,0 +1,162 @@
+"""The engine's quantized modes: `--quant MODE` (weights) and `--kv-int8` (the KV cache).
+
+A mode is a way to store what a decode step reads, chosen at load time; the forward pass does not
+change (`linear`, `norm_linear` and `linear_add` dispatch on the weight's type). Each mode belongs
+to the day that builds it; only the modes whose day exists run, the others say when they come.
+
+- w8a16 (day 42): every matrix of the fused model int8 with float32 scales, symmetric, one scale
+  per row (`--quant-group G`: per group of G columns), the lm_head too unless `--no-quant-head`;
+  activations stay in the model dtype. Quantized once at load, after fuse_projections, by the
+  track's `quantize_weights` (day 42) with its `quantize_int8` (day 40). The CPU reference path
+  runs it too (dequantize, then matmul): the oracle a learner without a GPU compares against.
+Checks happen before any model loads (the mode, the flags) or right after its config is read
+(a group that does not divide a matrix), so a mistake is one line and no kernel has run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# mode -> (the day that builds it, what it stores)
+MODES = {
+    "w8a16": (42, "int8 weights, activations in the model dtype"),
+    "w8a8": (43, "int8 weights and per-token int8 activations (dp4a)"),
+    "w4a16": (47, "4-bit weights in groups, 16-bit activations"),
+    "gguf": (47, "the GGUF file's own Q4_1 blocks, read directly"),
+}
+RUNS = ("w8a16",)                 # the modes this engine has today
+KV_INT8_DAY = 44
+VEC = 16                          # int8 weights per 16-byte load: a group must be a multiple of it
+MAX_IN = 11_312                   # day 42's int8 GEMVs keep x in shared memory (48 KB): at most this many columns
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    mode: str                     # one of RUNS
+    group_size: int | None        # None: one scale per row
+    head: bool                    # quantize the lm_head too
+
+    def describe(self) -> str:
+        scales = "per channel" if self.group_size is None else f"groups of {self.group_size}"
+        return f"{self.mode} ({MODES[self.mode][1]}, {scales}, lm_head {'int8' if self.head else 'kept'})"
+
+    def quantize_kwargs(self) -> dict:
+        """The options for quantize_weights: symmetric, per channel or per group."""
+        if self.group_size is None:
+            return dict(scheme="symmetric", granularity="channel", head=self.head)
+        return dict(scheme="symmetric", granularity="group", group_size=self.group_size, head=self.head)
+
+
+def coming(mode: str) -> str:
+    day, what = MODES[mode]
+    return f"--quant {mode} ({what}) is coming on day {day}: only --quant {' / '.join(RUNS)} runs now"
+
+
+def check_options(mode: str | None, group_size: int | None = None, head: bool = True,
+                  kv_int8: bool = False) -> QuantOptions | None:
+    """The options as given, checked before any model loads: one-line ValueErrors."""
+    if kv_int8:
+        raise ValueError(f"--kv-int8 (an int8 KV cache) is coming on day {KV_INT8_DAY}")
+    if mode is None:
+        if group_size is not None or not head:
+            raise ValueError("--quant-group and --no-quant-head go with --quant w8a16")
+        return None
+    if mode not in MODES:
+        raise ValueError(f"unknown --quant {mode!r}: use " + ", ".join(MODES) + f" (today: {', '.join(RUNS)})")
+    if mode not in RUNS:
+        raise ValueError(coming(mode))
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < VEC or group_size % VEC):
+        raise ValueError(f"--quant-group must be a multiple of {VEC} (a 16-byte load of int8 weights stays in one "
+                         f"group), e.g. 64 or 128; got {group_size}")
+    return QuantOptions(mode, group_size, head)
+
+
+def matrices(config) -> dict[str, tuple[int, int]]:
+    """[out, in] of every matrix a fused layer and the head multiply, by name."""
+    c = config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return {"wqkv": (q + 2 * kv, c.hidden_size), "wo": (c.hidden_size, q),
+            "w_gate_up": (2 * c.intermediate_size, c.hidden_size), "w_down": (c.hidden_size, c.intermediate_size),
+            "lm_head": (c.vocab_size, c.hidden_size)}
+
+
+def check_model(options: QuantOptions | None, config, kernels: bool) -> None:
+    """What the model must have for these options, from its config alone (before any kernel runs):
+    a group size that divides the `in` of every matrix it quantizes; with kernels (a GPU or the
+    simulator, not the CPU reference), rows short enough for the int8 GEMVs' shared memory."""
+    if options is None:
+        return
+    for name, (_, cols) in matrices(config).items():
+        if name == "lm_head" and not options.head:
+            continue
+        if options.group_size is not None and cols % options.group_size:
+            raise ValueError(f"--quant-group {options.group_size} does not divide {name}'s in = {cols} of this model: "
+                             f"use a group size that divides {cols} (e.g. {next(g for g in (128, 64, 32, 16) if cols % g == 0 or g == 16)}), "
+                             "or drop --quant-group for one scale per row")
+        if kernels and cols > MAX_IN:
+            raise ValueError(f"--quant {options.mode}: {name}'s in = {cols} is more than the int8 GEMV keeps in shared "
+                             f"memory ({MAX_IN} columns)")
+
+
+def check_track(options: QuantOptions | None, track: str, reference_only: bool) -> None:
+    """The days a mode needs on this track (the CPU reference path needs none)."""
+    if options is None or reference_only:
+        return
+    from shared.course import registry
+    if 41 not in registry.finished(track):
+        raise ValueError(f"--quant {options.mode} on the {track} track needs a finished day 41 (linear for int8 "
+                         "weights): finish it, or run without a GPU and --simulate (the CPU reference)")
+
+
+def apply(ops, weights, options: QuantOptions | None):
+    """Quantize the model in place, once, at load time (after fusing): returns weights."""
+    if options is None:
+        return weights
+    from shared.weights import fuse_projections
+    fuse_projections(weights)
+    return ops.quantize_weights(weights, ops, **options.quantize_kwargs())
+
+
+def add_arguments(p) -> None:
+    """--quant MODE, --quant-group G, --no-quant-head, --kv-int8 (generate and bench)."""
+    later = ", ".join(f"{m} day {d}" for m, (d, _) in MODES.items() if m not in RUNS)
+    p.add_argument("--quant", default=None, metavar="MODE", help=f"quantized weights: {' / '.join(RUNS)} (day 42: "
+                   f"int8 weights with a float32 scale per row, quantized at load time); coming: {later}")
+    p.add_argument("--quant-group", type=int, default=None, metavar="G", help="--quant w8a16: a scale per group of G "
+                   "columns (a multiple of 16 that divides every matrix's in) instead of one per row")
+    p.add_argument("--no-quant-head", action="store_true", help="--quant: keep the lm_head in the model dtype "
+                   "(it is quantized too by default)")
+    p.add_argument("--kv-int8", action="store_true", help=f"an int8 KV cache (coming on day {KV_INT8_DAY})")
+
+
+def int8_source(name: str, track: str, day: int):
+    """Where a QuantWeight's `name` comes from: `day` (the day that made it take int8 weights) if it is
+    finished -- a later day hands QuantWeights down to it, as day 54 does to day 42 and day 48 to
+    day 41 -- else the reference."""
+    from shared.course import registry
+    return registry.Source(name, day if day in registry.finished(track) else None)
+
+
+def status_lines(track: str) -> list[str]:
+    """What each --quant mode uses on this track, or which day brings it (for `tinyinfer status`)."""
+    from shared.course import registry
+    fused = (registry.source("forward", track).day or 0) >= 54      # day 54's forward: norm_linear, linear_add
+    lines = []
+    for mode, (day, what) in MODES.items():
+        if mode not in RUNS:
+            lines.append(f"  --quant {mode:<6} coming on day {day} ({what})")
+            continue
+        uses = [("quantize_weights", registry.source("quantize_weights", track), "at load: the fused model's matrices to int8"),
+                ("quantize_int8", registry.source("quantize_int8", track), "the scales and int8 values")]
+        if fused:
+            uses += [("norm_linear", int8_source("norm_linear", track, 42), "decode: norm, int8 GEMV, RoPE / SwiGLU"),
+                     ("linear_add", int8_source("linear_add", track, 42), "decode: int8 GEMV, residual add")]
+        gemv = "prefill, verify, batches" if fused else "every int8 GEMV (the unfused forward)"
+        uses += [("linear", int8_source("linear", track, 41), gemv),
+                 ("decode_bytes", registry.source("decode_bytes", track), "bench: bytes per token, roofline")]
+        ready = 41 in registry.finished(track)
+        lines.append(f"  --quant {mode:<6} {what}" + (":" if ready else
+                     " (on the GPU it needs a finished day 41; the CPU reference runs it now):"))
+        lines += [f"      {name:<18} {src.describe(track):<22} {role}" for name, src, role in uses]
+    lines.append(f"  --kv-int8      coming on day {KV_INT8_DAY} (an int8 KV cache)")
+    return lines
