@@ -14,12 +14,13 @@ The meaning of the numbers (day 40; lesson: notes/day_40_quant_basics.md), per g
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 SCHEMES = ("symmetric", "asymmetric")
 GRANULARITIES = ("tensor", "channel", "group")
+ACTIVATIONS = ("float", "int8")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +33,8 @@ class QuantWeight:
     group_size:  columns of a row that share one scale (= in for tensor and channel)
     scheme:      "symmetric" | "asymmetric";  granularity: "tensor" | "channel" | "group"
     dtype:       the dtype of the weight it came from (fp16 or fp32)
+    activations: "float" (W8A16, days 41-42: x stays in its dtype) or "int8" (W8A8, day 43: `linear`
+                 quantizes x per token and multiplies int8 by int8 in int32; symmetric weights only)
 
     Only shapes and dtypes are checked here (no value is read: building one is capture-safe).
     """
@@ -42,6 +45,7 @@ class QuantWeight:
     scheme: str
     granularity: str
     dtype: torch.dtype
+    activations: str = "float"
 
     def __post_init__(self):
         q, s, z = self.q, self.scale, self.zero
@@ -61,6 +65,19 @@ class QuantWeight:
             raise ValueError("QuantWeight: zero must be None for symmetric and an int8 tensor for asymmetric")
         if z is not None and (z.dtype != torch.int8 or z.shape != s.shape):
             raise ValueError(f"QuantWeight: zero points must be int8 {want}, got {z.dtype} {tuple(z.shape)}")
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"QuantWeight: activations {self.activations!r}: use one of {ACTIVATIONS}")
+        if self.activations == "int8" and z is not None:
+            raise ValueError("QuantWeight: int8 activations need symmetric weights (an int32 dot product has no "
+                             "room for zero points): quantize with scheme='symmetric'")
+
+    @property
+    def int8_activations(self) -> bool:
+        return self.activations == "int8"
+
+    def with_activations(self, activations: str) -> "QuantWeight":
+        """The same tensors (nothing copied), read as W8A16 ("float") or W8A8 ("int8")."""
+        return replace(self, activations=activations)
 
     @property
     def shape(self) -> torch.Size:
@@ -87,7 +104,7 @@ class QuantWeight:
         def part(t):
             return t if t is None or t.shape[0] == 1 and self.granularity == "tensor" else t[start:stop]
         return QuantWeight(self.q[start:stop], part(self.scale), part(self.zero), self.group_size, self.scheme,
-                           self.granularity, self.dtype)
+                           self.granularity, self.dtype, self.activations)
 
 
 def check_quantize_args(w: torch.Tensor, scheme: str, granularity: str, group_size: int, clip: float) -> int:

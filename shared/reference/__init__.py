@@ -21,6 +21,7 @@ from shared.reference.round_cost import RoundCost, drafts_per_round, fit_round_c
 from shared.reference.model_draft import ModelDraft, model_draft, self_draft
 from shared.reference.quant import dequantize, quantize_int8
 from shared.reference.quant import linear_w8a16
+from shared.reference.quant import linear_w8a8, quantize_activations
 from shared.reference.quant import decode_bytes, quantize_weights
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
@@ -48,7 +49,7 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "RoundCost", "steps_per_round", "drafts_per_round", "fit_round_cost",
            "model_draft", "ModelDraft", "self_draft",
            "quantize_int8", "dequantize",
-           "linear_w8a16",
+           "linear_w8a16", "linear_w8a8", "quantize_activations",
            "quantize_weights", "decode_bytes",
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",

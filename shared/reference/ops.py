@@ -74,10 +74,11 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def linear(x: torch.Tensor, w) -> torch.Tensor:
     """y = x @ w.T; x [T, in], w [out, in] -> [T, out]. No bias (Llama has none). w may be a
-    QuantWeight (days 40-41): then day 41's oracle, dequantize and multiply in float32."""
+    QuantWeight (days 40-41): then day 41's oracle, dequantize and multiply in float32; one whose
+    activations are int8 (W8A8, day 43): x quantized per token, an exact integer product, then the scales."""
     if isinstance(w, QuantWeight):
-        from shared.reference.quant import linear_w8a16
-        return linear_w8a16(x, w)
+        from shared.reference.quant import linear_w8a8, linear_w8a16
+        return linear_w8a8(x, w) if w.int8_activations else linear_w8a16(x, w)
     return matmul(x, w)
 
 

@@ -26,7 +26,8 @@ import torch
 
 from shared.quant import QuantWeight, check_finite, check_quantize_args, dequantize
 
-__all__ = ["quantize_int8", "dequantize", "linear_w8a16", "quantize_weights", "decode_bytes"]
+__all__ = ["quantize_int8", "dequantize", "linear_w8a16", "quantize_activations", "linear_w8a8", "quantize_weights",
+           "decode_bytes"]
 
 
 def _div(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -68,6 +69,40 @@ def linear_w8a16(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
     """Day 41's oracle: x [T, in] (fp16/fp32) @ dequantize(w).T in float32, rounded once to x's
     dtype -- what `linear(x, w)` computes for a QuantWeight (the kernels sum in another order)."""
     return (x.float() @ dequantize(w, torch.float32).T).to(x.dtype)
+
+
+# ---- day 43: W8A8, int8 activations per token --------------------------------------------------------
+def quantize_activations(x: torch.Tensor, *, clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, in] (fp16/fp32) -> (q int8 [T, in], scale float32 [T, 1]): day 40's symmetric rule with one
+    scale per token (row), in float32: scale = clip * max|x[t]| / 127 (a zero row: 1),
+    q = clamp(rint(x / scale), -127, 127). The same values day 43's quantizer kernel must produce."""
+    xf = x.float()
+    c = torch.tensor(clip, dtype=torch.float32)
+    scale = _div(c * xf.abs().amax(-1, keepdim=True), 127)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(xf / scale).clamp(-127, 127).to(torch.int8), scale
+
+
+def linear_w8a8(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
+    """Day 43's oracle: x quantized per token, the int8 products summed EXACTLY (integers; float64
+    holds them without rounding), then the scales in float32:
+
+        per tensor / channel:  y[t, n] = float32(I[t, n]) * scale_w[n] * scale_x[t]
+        per group:             y[t, n] = (sum_g float32(I_g[t, n]) * scale_w[n, g]) * scale_x[t]
+
+    with I (I_g) the int32 dot product of row t of q_x and row n of q_w (over group g); rounded once
+    to x's dtype. Symmetric weights only (no zero points)."""
+    if w.zero is not None:
+        raise ValueError("linear_w8a8: int8 activations need symmetric weights (no zero points)")
+    xq, sx = quantize_activations(x)
+    T, K = x.shape
+    N, groups = w.q.shape[0], K // w.group_size
+    a = xq.double().view(T, groups, w.group_size).transpose(0, 1)           # [groups, T, gs]
+    b = w.q.double().view(N, groups, w.group_size).permute(1, 2, 0)         # [groups, gs, N]
+    acc = (a @ b).to(torch.int64).to(torch.int32).float()                   # [groups, T, N], exact integers
+    sw = w.scale.view(-1, groups).T.unsqueeze(1)                            # [groups, 1, N or 1]
+    y = (acc * sw).sum(0) if groups > 1 else acc[0] * sw[0]
+    return (y * sx).to(x.dtype)
 
 
 # ---- day 42: the engine's quantized weights, and what a decode token reads ------------------------
