@@ -6,8 +6,8 @@
 - `hf_benchmark(...)`: the same numbers for HF transformers (eager attention, greedy generate).
 - `run(...)` / `main(argv)`: build the engines, measure, and write bench.json, bench.md and two
   PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
-  `--quant w8a16` adds the int8 engine (day 42) to the same run: its graph and eager rows, its
-  ratio to the fp16 rows, its kernels, and how many greedy tokens it shares with the fp16 engine.
+  `--quant w8a16` (day 42; `w8a8`, day 43) adds the int8 engine to the same run: its graph and
+  eager rows, its ratio to the fp16 rows, its kernels, and how many greedy tokens it shares with the fp16 engine.
 - The roofline share of each row divides the track's `decode_bytes` (day 42: weights, scales,
   norms, the KV cache at the run's middle context, activations) by the time per token and the
   GPU's theoretical bandwidth.
@@ -120,11 +120,14 @@ def weight_bytes(weights) -> int:
 
 def bytes_per_token(engine, context: int) -> dict:
     """The track's decode_bytes (day 42, else the reference) for this engine's model, dtype and
-    quantization, at `context` positions: {kind: bytes}."""
+    quantization, at `context` positions: {kind: bytes}. w8a8 stores the weights and scales of
+    w8a16, so it is counted as w8a16 (its int8 copies of the activations, a byte per input value
+    and a scale per token, are left out: a few KB against the weights' MBs)."""
     from shared.course import registry
     fn = registry.resolve("decode_bytes", engine.track)
     q = engine.quant
-    return fn(engine.config, None if q is None else q.mode, context=context,
+    mode = None if q is None else "w8a16" if q.mode == "w8a8" else q.mode
+    return fn(engine.config, mode, context=context,
               group_size=None if q is None else q.group_size, head=True if q is None else q.head,
               dtype_bytes=engine.dtype.itemsize)
 
@@ -561,7 +564,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a llama-bench binary (default: one on PATH when --gguf is given)")
     p.add_argument("--gguf", default=None, metavar="FILE", help="the GGUF of this model for llama-bench")
     from shared.engine.quant import add_arguments as add_quant_arguments
-    add_quant_arguments(p.add_argument_group("quantized weights (day 42): the quantized engine too, same run"))
+    add_quant_arguments(p.add_argument_group("quantized weights (days 42-43): the quantized engine too, same run"))
     spec = p.add_argument_group("speculative decoding (day 39): plain vs each method on shared/spec_prompts.py")
     spec.add_argument("--speculative", nargs="?", const="ngram,draft", default=None, metavar="METHODS",
                       help="run this benchmark instead: comma-separated methods, ngram and/or draft (default both)")

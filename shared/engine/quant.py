@@ -9,6 +9,11 @@ to the day that builds it; only the modes whose day exists run, the others say w
   activations stay in the model dtype. Quantized once at load, after fuse_projections, by the
   track's `quantize_weights` (day 42) with its `quantize_int8` (day 40). The CPU reference path
   runs it too (dequantize, then matmul): the oracle a learner without a GPU compares against.
+- w8a8 (day 43): the same int8 weights and scales, marked `activations="int8"`: every `linear`
+  quantizes its input per token and multiplies int8 by int8 in int32 (dp4a), then scales. The
+  decode step's fused names take it unfused (day 43's norm_linear / linear_add: the track's norm,
+  day 43's linear, the epilogue). The CPU reference quantizes the activations per token too, then
+  an exact integer product, then the scales.
 Checks happen before any model loads (the mode, the flags) or right after its config is read
 (a group that does not divide a matrix), so a mistake is one line and no kernel has run.
 """
@@ -23,7 +28,7 @@ MODES = {
     "w4a16": (47, "4-bit weights in groups, 16-bit activations"),
     "gguf": (47, "the GGUF file's own Q4_1 blocks, read directly"),
 }
-RUNS = ("w8a16",)                 # the modes this engine has today
+RUNS = ("w8a16", "w8a8")         # the modes this engine has today
 KV_INT8_DAY = 44
 VEC = 16                          # int8 weights per 16-byte load: a group must be a multiple of it
 MAX_IN = 11_312                   # day 42's int8 GEMVs keep x in shared memory (48 KB): at most this many columns
@@ -58,7 +63,7 @@ def check_options(mode: str | None, group_size: int | None = None, head: bool = 
         raise ValueError(f"--kv-int8 (an int8 KV cache) is coming on day {KV_INT8_DAY}")
     if mode is None:
         if group_size is not None or not head:
-            raise ValueError("--quant-group and --no-quant-head go with --quant w8a16")
+            raise ValueError("--quant-group and --no-quant-head go with --quant " + " / ".join(RUNS))
         return None
     if mode not in MODES:
         raise ValueError(f"unknown --quant {mode!r}: use " + ", ".join(MODES) + f" (today: {', '.join(RUNS)})")
@@ -93,7 +98,7 @@ def check_model(options: QuantOptions | None, config, kernels: bool) -> None:
             raise ValueError(f"--quant-group {options.group_size} does not divide {name}'s in = {cols} of this model: "
                              f"use a group size that divides {cols} (e.g. {next(g for g in (128, 64, 32, 16) if cols % g == 0 or g == 16)}), "
                              "or drop --quant-group for one scale per row")
-        if kernels and cols > MAX_IN:
+        if kernels and options.mode == "w8a16" and cols > MAX_IN:
             raise ValueError(f"--quant {options.mode}: {name}'s in = {cols} is more than the int8 GEMV keeps in shared "
                              f"memory ({MAX_IN} columns)")
 
@@ -103,9 +108,31 @@ def check_track(options: QuantOptions | None, track: str, reference_only: bool) 
     if options is None or reference_only:
         return
     from shared.course import registry
+    if options.mode == "w8a8":
+        if 43 not in registry.finished(track):
+            raise ValueError(f"--quant w8a8 on the {track} track needs a finished day 43 (linear for int8 activations): "
+                             "finish it, or run without a GPU and --simulate (the CPU reference)")
+        return
     if 41 not in registry.finished(track):
         raise ValueError(f"--quant {options.mode} on the {track} track needs a finished day 41 (linear for int8 "
                          "weights): finish it, or run without a GPU and --simulate (the CPU reference)")
+
+
+MATRICES = ("wqkv", "wq", "wk", "wv", "wo", "w_gate_up", "w_gate", "w_up", "w_down")
+
+
+def int8_activations(weights):
+    """Mark every QuantWeight of the model W8A8 (the same tensors: views stay views): `linear` then
+    quantizes its input per token. Returns weights."""
+    from shared.quant import QuantWeight
+
+    def mark(w):
+        return w.with_activations("int8") if isinstance(w, QuantWeight) else w
+    for L in weights.layers:
+        for name in MATRICES:
+            setattr(L, name, mark(getattr(L, name)))
+    weights.lm_head = mark(weights.lm_head)
+    return weights
 
 
 def apply(ops, weights, options: QuantOptions | None):
@@ -114,15 +141,17 @@ def apply(ops, weights, options: QuantOptions | None):
         return weights
     from shared.weights import fuse_projections
     fuse_projections(weights)
-    return ops.quantize_weights(weights, ops, **options.quantize_kwargs())
+    ops.quantize_weights(weights, ops, **options.quantize_kwargs())
+    return int8_activations(weights) if options.mode == "w8a8" else weights
 
 
 def add_arguments(p) -> None:
     """--quant MODE, --quant-group G, --no-quant-head, --kv-int8 (generate and bench)."""
     later = ", ".join(f"{m} day {d}" for m, (d, _) in MODES.items() if m not in RUNS)
     p.add_argument("--quant", default=None, metavar="MODE", help=f"quantized weights: {' / '.join(RUNS)} (day 42: "
-                   f"int8 weights with a float32 scale per row, quantized at load time); coming: {later}")
-    p.add_argument("--quant-group", type=int, default=None, metavar="G", help="--quant w8a16: a scale per group of G "
+                   "int8 weights with a float32 scale per row, quantized at load time; day 43: w8a8, the activations "
+                   f"int8 per token too, dp4a); coming: {later}")
+    p.add_argument("--quant-group", type=int, default=None, metavar="G", help="--quant: a scale per group of G "
                    "columns (a multiple of 16 that divides every matrix's in) instead of one per row")
     p.add_argument("--no-quant-head", action="store_true", help="--quant: keep the lm_head in the model dtype "
                    "(it is quantized too by default)")
@@ -148,15 +177,21 @@ def status_lines(track: str) -> list[str]:
             continue
         uses = [("quantize_weights", registry.source("quantize_weights", track), "at load: the fused model's matrices to int8"),
                 ("quantize_int8", registry.source("quantize_int8", track), "the scales and int8 values")]
+        int8_day = 43 if mode == "w8a8" else 42       # the day whose norm_linear / linear_add take these weights
+        linear_day = 43 if mode == "w8a8" else 41
         if fused:
-            uses += [("norm_linear", int8_source("norm_linear", track, 42), "decode: norm, int8 GEMV, RoPE / SwiGLU"),
-                     ("linear_add", int8_source("linear_add", track, 42), "decode: int8 GEMV, residual add")]
+            fused_role = ("decode: the track's norm, W8A8 linear, the epilogue (unfused)" if mode == "w8a8" else
+                          "decode: norm, int8 GEMV, RoPE / SwiGLU")
+            uses += [("norm_linear", int8_source("norm_linear", track, int8_day), fused_role),
+                     ("linear_add", int8_source("linear_add", track, int8_day), "decode: int8 GEMV, residual add")]
         gemv = "prefill, verify, batches" if fused else "every int8 GEMV (the unfused forward)"
-        uses += [("linear", int8_source("linear", track, 41), gemv),
+        if mode == "w8a8":
+            gemv = "x to int8 per token, dp4a, scales: " + gemv
+        uses += [("linear", int8_source("linear", track, linear_day), gemv),
                  ("decode_bytes", registry.source("decode_bytes", track), "bench: bytes per token, roofline")]
-        ready = 41 in registry.finished(track)
+        ready = linear_day in registry.finished(track)
         lines.append(f"  --quant {mode:<6} {what}" + (":" if ready else
-                     " (on the GPU it needs a finished day 41; the CPU reference runs it now):"))
+                     f" (on the GPU it needs a finished day {linear_day}; the CPU reference runs it now):"))
         lines += [f"      {name:<18} {src.describe(track):<22} {role}" for name, src, role in uses]
     lines.append(f"  --kv-int8      coming on day {KV_INT8_DAY} (an int8 KV cache)")
     return lines
