@@ -1,14 +1,17 @@
 """The engine's quantized modes (shared/engine/quant.py): `--quant MODE`, `--quant-group`,
 `--no-quant-head`, `--kv-int8` on generate and bench, `tinyinfer status`, and the CPU reference
-path of w8a16 (dequantize, then matmul) against the model with dequantized weights."""
+path of w8a16 (dequantize, then matmul) against the model with dequantized weights, and of w8a8
+(the activations quantized per token too) against a forward that quantizes them by hand."""
 import pytest
 import torch
 
 from shared.course.testing import assert_cli_refuses
 from shared.quant import QuantWeight, dequantize
 
-BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "w8a8"], ["--quant", "w4a16"], ["--quant", "gguf"],
+BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "W8A8"], ["--quant", "w4a16"], ["--quant", "gguf"],
              ["--kv-int8"], ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
+             ["--quant", "w8a8", "--quant-group", "8"], ["--quant", "w8a8", "--quant-group", "128"],
+             ["--quant", "w8a8", "--kv-int8"],
              ["--quant", "w8a16", "--quant-group", "8"], ["--quant", "w8a16", "--quant-group", "128"],
              ["--quant", "w8a16", "--kv-int8"]]
 
@@ -24,7 +27,7 @@ def test_bench_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
     assert_cli_refuses(["bench", "--model", str(tiny_model), "--speculative", "ngram"], [["--quant", "w8a16"]], capsys)
 
 
-@pytest.mark.parametrize("mode,day", [("w8a8", 43), ("gguf", 47)])
+@pytest.mark.parametrize("mode,day", [("w4a16", 47), ("gguf", 47)])
 def test_a_later_mode_says_which_day_brings_it(mode, day):
     from shared.engine.quant import check_options
     with pytest.raises(ValueError, match=f"coming on day {day}"):
@@ -44,8 +47,8 @@ def test_status_lists_what_each_quant_mode_uses(capsys):
     from shared import cli
     assert cli.main(["status", "--track", "solutions"]) == 0
     out = capsys.readouterr().out
-    assert "--quant w8a16" in out and "quantize_weights" in out and "coming on day 43" in out \
-        and "--kv-int8" in out, out[-1500:]
+    assert "--quant w8a16" in out and "--quant w8a8" in out and "quantize_weights" in out \
+        and "coming on day 47" in out and "--kv-int8" in out, out[-1500:]
 
 
 def test_engine_w8a16_is_the_model_with_dequantized_weights(tiny_model, track):
@@ -83,3 +86,46 @@ def test_bench_runs_the_quantized_engine_in_the_same_run(tiny_model, tmp_path):
     assert fp32["weights"] == 4 * int8["weights"] and int8["scales"] > 0
     assert 0 <= q["greedy_tokens_equal_to_unquantized"] <= 4
     assert "w8a16" in (tmp_path / "bench.md").read_text()
+
+
+def test_generate_with_int8_activations_on_the_cpu(tiny_model, capsys):
+    """--quant w8a8 without a GPU: the reference path says what it runs and generates."""
+    from shared import cli
+    assert cli.main(["generate", "Deep learning is", "--model", str(tiny_model), "--max-new-tokens", "4",
+                     "--quant", "w8a8", "--quant-group", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "w8a8" in err and "per-token int8 activations" in err and "groups of 32" in err, err
+
+
+def test_engine_w8a8_quantizes_every_linear_input_per_token(tiny_model, track):
+    """Engine(quant="w8a8") on the CPU reference path: the weights are w8a16's, marked for int8
+    activations (views stay views); its logits are those of the dequantized model run with every
+    linear's input replaced by its per-token int8 round trip -- and not those of w8a16."""
+    from shared import reference
+    from shared.engine import Engine
+    from shared.engine.quant import MATRICES
+    q = Engine(str(tiny_model), track=track, dtype="fp32", quant="w8a8")
+    w16 = Engine(str(tiny_model), track=track, dtype="fp32", quant="w8a16")
+    L = q.weights.layers[0]
+    assert all(getattr(L, n).int8_activations for n in MATRICES) and q.weights.lm_head.int8_activations
+    assert L.wq.q.data_ptr() == L.wqkv.q.data_ptr(), "wq must stay a view of wqkv"
+    assert not w16.weights.layers[0].wqkv.int8_activations
+
+    def fake_w8a8(x, w):                      # quantize x per token by hand, then day 41's oracle
+        xq, s = reference.quantize_activations(x)
+        return reference.linear_w8a16((xq.float() * s).to(x.dtype), w.with_activations("float"))
+
+    ids = q.prompt_ids("int8 activations, one scale per token")
+    ours = q.forward(ids)
+    q.ops._cache["linear"] = fake_w8a8         # the CPU path runs day 16's forward: every matrix goes through linear
+    want = q.forward(ids)
+    torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ours, w16.forward(ids), atol=1e-6, rtol=0), "w8a8 must differ from w8a16"
+
+
+def test_bench_runs_the_w8a8_engine(tiny_model, tmp_path):
+    from shared import bench
+    r = bench.run(str(tiny_model), dtype="fp32", contexts=[8], prompt_lengths=[8], prompt_tokens=8, new_tokens=4,
+                  out_dir=tmp_path, hf=False, naive=False, progress=False, quant="w8a8")
+    q = r["meta"]["quant"]
+    assert q["rows"] == ["cached w8a8"] and q["decode_bytes"]["scales"] > 0
