@@ -16,24 +16,15 @@ rows per layer, so the write is never what a step waits for.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32, int32
 
+from ..day_40.quantize import rint   # given on day 40: round half to even in float32, as torch.round
+
 QMAX = 127
 FLOATS = (torch.float16, torch.float32)
-
-# Given: round half to even in float32, as torch.round (day 40's).
-if gpu.SIM:
-    @cuda.jit(device=True)
-    def rint(x):
-        return np.float32(np.rint(x))
-else:
-    @cuda.jit(device=True)
-    def rint(x):
-        return cuda.libdevice.rintf(x)          # one instruction: cvt.rni.f32.f32
 
 
 @cuda.jit(device=True)
