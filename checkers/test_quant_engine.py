@@ -11,7 +11,7 @@ BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "w8a8"], ["-
              ["--kv-int8", "--quant", "w8a8"], ["--quant-group", "64"], ["--no-quant-head"],
              ["--quant", "w8a16", "--quant-group", "24"], ["--quant", "w8a16", "--quant-group", "8"],
              ["--quant", "w8a16", "--quant-group", "128"], ["--quant", "w8a16", "--kv-int8", "--no-paged"],
-             ["--kv-int8", "--no-cache"]]
+             ["--kv-int8", "--no-cache"], ["--kv-int8", "--speculative", "ngram"]]
 
 
 def test_generate_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):

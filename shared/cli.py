@@ -259,7 +259,8 @@ def check_quant(args):
     from shared.engine.quant import check_kv_int8, check_options
     try:
         check_kv_int8(args.kv_int8, use_cache=False if getattr(args, "no_cache", False) else None,
-                      paged=False if getattr(args, "no_paged", False) else None)
+                      paged=False if getattr(args, "no_paged", False) else None,
+                      speculative=getattr(args, "speculative", None))
         return check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -65,7 +65,7 @@ class Engine:
         check_draft(speculative, draft_layers, draft_model)    # one line before the model loads
         self.quant = quant_modes.check_options(quant, quant_group, quant_head, kv_int8)
         quant_modes.check_track(self.quant, self.track, self.reference_only)
-        quant_modes.check_kv_int8(kv_int8, use_cache=use_cache, paged=paged)
+        quant_modes.check_kv_int8(kv_int8, use_cache=use_cache, paged=paged, speculative=speculative)
         quant_modes.check_kv_track(kv_int8, self.track, self.reference_only)
         self.kv_int8 = kv_int8
         if speculative is not None:

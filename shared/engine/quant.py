@@ -12,7 +12,8 @@ to the day that builds it; only the modes whose day exists run, the others say w
 - --kv-int8 (day 44): the paged KV cache stored as int8 rows with one fp16 scale per token and KV
   head (`ops.Int8PagedCache`: `paged_kv_write_int8` quantizes on write, `paged_decode_attention_int8`
   dequantizes in registers, a prompt attends over its fresh k, v). It goes with any --quant mode
-  or none; it needs the paged cache (not --no-paged / --no-cache) and, on a GPU or with
+  or none, not with --speculative (day 33's verify reads fp16 pools); it needs the paged cache
+  (not --no-paged / --no-cache) and, on a GPU or with
   --simulate, a finished day 44. The CPU reference runs it too (quantize, dequantize, attend).
 Checks happen before any model loads (the mode, the flags) or right after its config is read
 (a group that does not divide a matrix), so a mistake is one line and no kernel has run.
@@ -77,8 +78,13 @@ def check_options(mode: str | None, group_size: int | None = None, head: bool = 
     return QuantOptions(mode, group_size, head)
 
 
-def check_kv_int8(kv_int8: bool, *, use_cache: bool | None = None, paged: bool | None = None) -> None:
-    """--kv-int8 stores the paged cache in int8: it needs a cache and the paged one (one line)."""
+def check_kv_int8(kv_int8: bool, *, use_cache: bool | None = None, paged: bool | None = None,
+                  speculative: str | None = None) -> None:
+    """--kv-int8 stores the paged cache in int8: it needs a cache and the paged one; speculative
+    decoding's verify (day 33) writes and reads the pools as fp16 ones, so not with it (one line)."""
+    if kv_int8 and speculative:
+        raise ValueError("--kv-int8 does not go with --speculative yet: the verify pass (day 33) reads the KV pool "
+                         "in the model dtype; drop one of them")
     if kv_int8 and use_cache is False:
         raise ValueError("--kv-int8 stores the KV cache in int8: drop --no-cache")
     if kv_int8 and paged is False:

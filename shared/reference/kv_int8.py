@@ -91,7 +91,7 @@ class Int8PagedCache(PagedCache):
     - a prompt (start 0) attends over the fresh k, v with ops.attention (flash): they are at hand
       in the model dtype, so the prompt sees them exactly and no kernel reads the pool back;
     - one token (decode) with ops.paged_decode_attention_int8 (dequantized in registers; capture-safe);
-    - a chunk after cached tokens (a speculative verify, a step run again) over the sequence's
+    - a chunk after cached tokens (a prompt fed in pieces, a step run again) over the sequence's
       blocks gathered and dequantized, with ops.attention.
     """
 
