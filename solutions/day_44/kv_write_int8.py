@@ -10,9 +10,9 @@ Token t goes to slot = slot_mapping[t]: block slot // block_size, offset slot % 
 
     scale = fp16(max |x| / 127);  s = float32(scale);  q = clamp(rint(x / s), -127, 127)  (0 if s == 0)
 
-A row's scale needs all of its hd values, so a thread owns a whole row pair (the key and the value
-of one token and head): one pass for the two maxima, one to round. A decode step writes KV x 1
-rows per layer, so the write is never what a step waits for.
+A row's scale needs all of its hd values, so a thread owns the key row and the value row of one
+token and head: for each, one pass for the maximum and one to round. A decode step writes KV
+rows of each per layer, so the write is never what a step waits for.
 """
 from __future__ import annotations
 
