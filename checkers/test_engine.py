@@ -136,10 +136,12 @@ def test_decode_step_reads_nothing_back_to_the_host(tiny_model, track):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kv_int8", [False, True], ids=["kv", "kv_int8"])
 @pytest.mark.parametrize("components", ["track", "reference"])
-def test_decode_step_never_syncs_on_the_gpu(tiny_model, track, components):
+def test_decode_step_never_syncs_on_the_gpu(tiny_model, track, components, kv_int8):
     """torch's sync-debug mode raises on any host sync: one decode step of every resolved component
-    (and of the PyTorch reference, which the days track runs until a day is finished)."""
+    (and of the PyTorch reference, which the days track runs until a day is finished); with the
+    int8 KV cache (day 44's Int8PagedCache, or the reference's) too."""
     from shared import reference
     from shared.course.registry import Ops
     from shared.engine import Engine
@@ -148,6 +150,9 @@ def test_decode_step_never_syncs_on_the_gpu(tiny_model, track, components):
         engine.ops = Ops(track, overrides={n: getattr(reference, n) for n in reference.__all__})
         engine._runners.clear()
     engine.use_cache = True
+    if kv_int8:
+        engine.kv_int8 = engine.use_paged = True      # the int8 backend from these ops (reference until day 44)
+        engine._runners.clear()
     step = _decode_once(engine, engine.prompt_ids("capture-safe"))
     step()                                    # compile outside the checked region
     torch.cuda.synchronize()

@@ -9,16 +9,17 @@ from shared.course.testing import assert_cli_refuses
 from shared.quant import QuantWeight, dequantize
 
 BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "W8A8"], ["--quant", "w4a16"], ["--quant", "gguf"],
-             ["--kv-int8"], ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
+             ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
              ["--quant", "w8a8", "--quant-group", "8"], ["--quant", "w8a8", "--quant-group", "128"],
-             ["--quant", "w8a8", "--kv-int8"],
              ["--quant", "w8a16", "--quant-group", "8"], ["--quant", "w8a16", "--quant-group", "128"],
-             ["--quant", "w8a16", "--kv-int8"]]
+             ["--quant", "w8a16", "--kv-int8", "--no-paged"], ["--kv-int8", "--no-cache"],
+             ["--kv-int8", "--speculative", "ngram"]]
 
 
 def test_generate_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
     """Unknown modes, the modes of later days (which day brings them), companions without --quant,
-    a group that is no multiple of 16 or does not divide the tiny model's 64: exit 2, one line."""
+    a group that is no multiple of 16 or does not divide the tiny model's 64, --kv-int8 without the
+    paged cache: exit 2, one line."""
     assert_cli_refuses(["generate", "hi", "--model", str(tiny_model), "--max-new-tokens", "2"], BAD_QUANT, capsys)
 
 
@@ -48,7 +49,8 @@ def test_status_lists_what_each_quant_mode_uses(capsys):
     assert cli.main(["status", "--track", "solutions"]) == 0
     out = capsys.readouterr().out
     assert "--quant w8a16" in out and "--quant w8a8" in out and "quantize_weights" in out \
-        and "coming on day 47" in out and "--kv-int8" in out, out[-1500:]
+        and "coming on day 47" in out and "--kv-int8" in out and "paged_decode_attention_int8" in out \
+        and "solutions/day_44" in out, out[-1500:]
 
 
 def test_engine_w8a16_is_the_model_with_dequantized_weights(tiny_model, track):
@@ -129,3 +131,41 @@ def test_bench_runs_the_w8a8_engine(tiny_model, tmp_path):
                   out_dir=tmp_path, hf=False, naive=False, progress=False, quant="w8a8")
     q = r["meta"]["quant"]
     assert q["rows"] == ["cached w8a8"] and q["decode_bytes"]["scales"] > 0
+
+
+def test_generate_with_an_int8_kv_cache_on_the_cpu(tiny_model, capsys):
+    """--kv-int8 without a GPU: the reference path (quantize on write, dequantize, attend) says so."""
+    from shared import cli
+    assert cli.main(["generate", "Deep learning is", "--model", str(tiny_model), "--max-new-tokens", "4",
+                     "--kv-int8", "--quant", "w8a16"]) == 0
+    err = capsys.readouterr().err
+    assert "int8 KV cache" in err and "paged KV cache" in err and "w8a16" in err, err
+
+
+def test_engine_int8_kv_cache_on_the_cpu_follows_fp32(tiny_model, track):
+    """Engine(kv_int8=True) on the CPU reference path: the reference Int8PagedCache (int8 pools, fp16
+    scales, no pool in the model dtype) and the fp32 engine's greedy tokens on the tiny model."""
+    from shared import reference
+    from shared.engine import Engine
+    q, d = Engine(str(tiny_model), track=track, dtype="fp32", kv_int8=True), Engine(str(tiny_model), track=track,
+                                                                                  dtype="fp32")
+    ids = q.prompt_ids("an int8 KV cache")
+    assert list(q.generate_ids(ids, max_new_tokens=6)) == list(d.generate_ids(ids, max_new_tokens=6))
+    backend = q.runner(len(ids) + 6).backend
+    assert isinstance(backend, reference.Int8PagedCache) and backend.k.dtype == torch.int8 \
+        and backend.k_scale.dtype == torch.float16, type(backend)
+    assert "int8 KV cache" in q.describe()
+
+
+def test_bench_runs_the_int8_kv_engine_in_the_same_run(tiny_model, tmp_path):
+    """bench --kv-int8 on the CPU: the int8-KV engine's rows, its KV bytes (an fp32 model's rows of
+    16: 4 x 16 bytes become 16 + 2) and its greedy agreement."""
+    from shared import bench
+    r = bench.run(str(tiny_model), dtype="fp32", contexts=[8], prompt_lengths=[8], prompt_tokens=8, new_tokens=4,
+                  out_dir=tmp_path, hf=False, naive=False, progress=False, kv_int8=True)
+    q = r["meta"]["quant"]
+    assert q["rows"] == ["cached kv-int8"] and q["flags"] == "--kv-int8"
+    fp32, int8 = r["meta"]["decode_bytes"]["unquantized"], q["decode_bytes"]
+    assert int8["kv"] * 64 == fp32["kv"] * 18 and int8["weights"] == fp32["weights"]
+    assert 0 <= q["greedy_tokens_equal_to_unquantized"] <= 4
+    assert "--kv-int8" in (tmp_path / "bench.md").read_text()

@@ -8,6 +8,8 @@
   PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
   `--quant w8a16` (day 42; `w8a8`, day 43) adds the int8 engine to the same run: its graph and
   eager rows, its ratio to the fp16 rows, its kernels, and how many greedy tokens it shares with the fp16 engine.
+  `--kv-int8` (day 44, alone or with --quant) does the same for the engine with an int8 KV cache,
+  and reports the bytes of both engines' KV pools.
 - The roofline share of each row divides the track's `decode_bytes` (day 42: weights, scales,
   norms, the KV cache at the run's middle context, activations) by the time per token and the
   GPU's theoretical bandwidth.
@@ -127,9 +129,27 @@ def bytes_per_token(engine, context: int) -> dict:
     fn = registry.resolve("decode_bytes", engine.track)
     q = engine.quant
     mode = None if q is None else "w8a16" if q.mode == "w8a8" else q.mode
-    return fn(engine.config, mode, context=context,
-              group_size=None if q is None else q.group_size, head=True if q is None else q.head,
-              dtype_bytes=engine.dtype.itemsize)
+    out = fn(engine.config, mode, context=context,
+             group_size=None if q is None else q.group_size, head=True if q is None else q.head,
+             dtype_bytes=engine.dtype.itemsize)
+    if getattr(engine, "kv_int8", False):     # day 44: a row of hd int8 values and a 2-byte scale
+        from shared.reference.kv_int8 import kv_row_bytes
+        hd = engine.config.head_dim
+        out["kv"] = out["kv"] // kv_row_bytes(hd, False, engine.dtype.itemsize) * kv_row_bytes(hd, True)
+    return out
+
+
+def kv_pool_bytes(engine, max_len: int) -> int:
+    """Bytes of the KV cache the engine decodes in for requests up to max_len (every pool, int8
+    scales included; a static cache's k and v)."""
+    b = engine.runner(max_len).backend
+    if hasattr(b, "pools"):
+        tensors = b.pools()
+    elif hasattr(b, "kv"):
+        tensors = (b.kv.k, b.kv.v)
+    else:
+        tensors = tuple(t for t in (getattr(b, "k", None), getattr(b, "v", None)) if t is not None)
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def peak_bandwidth_bytes_s() -> float | None:
@@ -257,15 +277,16 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
         out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
         graphs: bool | None = None, benchmark_fn=None, progress: bool = True, peer: bool = False,
         llama_bench: str | None = None, gguf: str | None = None, quant: str | None = None,
-        quant_group: int | None = None, quant_head: bool = True) -> dict:
+        quant_group: int | None = None, quant_head: bool = True, kv_int8: bool = False) -> dict:
     """Benchmark the engine -- graph-replayed decode, eager decode, prefix recompute -- and HF in
     one run; write the report. model None: SmolLM2 on a GPU, tiny without one. quant: also the
-    engine with quantized weights (its graph and eager rows), in the same run."""
+    engine with quantized weights (its graph and eager rows), in the same run; kv_int8: with an int8
+    KV cache (alone or with quant)."""
     import torch
     from shared.runtime import gpu  # chooses the tier before numba loads
     from shared.engine import Engine
     from shared.engine.quant import check_options
-    qopts = check_options(quant, quant_group, quant_head)     # one line before any model loads
+    qopts = check_options(quant, quant_group, quant_head, kv_int8)     # one line before any model loads
     model = model or ("tiny" if gpu.SIM else "smollm2")
     engine = Engine(model, track=track, dtype=dtype, graphs=False)
     d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
@@ -312,9 +333,10 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
     engine.use_cache, engine.use_graphs = True, use_graphs
     middle = prompt_tokens + new_tokens // 2                  # the main run's middle context
     meta["decode_bytes"] = {"context": middle, "unquantized": bytes_per_token(engine, middle)}
-    if qopts is not None:
+    meta["kv_pool_bytes"] = kv_pool_bytes(engine, longest)
+    if qopts is not None or kv_int8:
         quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, use_graphs=use_graphs,
-                  contexts=contexts, prompt_lengths=prompt_lengths, longest=longest, **kw)
+                  contexts=contexts, prompt_lengths=prompt_lengths, longest=longest, kv_int8=kv_int8, **kw)
     if hf:
         results["hf"] = hf_benchmark(engine.model_dir, engine.dtype, engine.device, context_lengths=contexts,
                                      prompt_lengths=prompt_lengths, **kw)
@@ -335,16 +357,19 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
 
 
 def quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, *, use_graphs, contexts, prompt_lengths,
-              longest, prompt_tokens, new_tokens, warmup, progress) -> None:
-    """The engine with quantized weights in the same run: its graph and eager rows ("graph w8a16",
-    "cached w8a16") in `results`; meta["quant"]: what it ran, its bytes per token, its GPU time and
-    kernels per token, and how many greedy tokens it shares with the unquantized engine."""
+              longest, prompt_tokens, new_tokens, warmup, progress, kv_int8=False) -> None:
+    """The engine with quantized weights and/or an int8 KV cache in the same run: its graph and eager
+    rows ("graph w8a16", "cached kv-int8", ...) in `results`; meta["quant"]: what it ran, its bytes
+    per token and KV pool bytes, its GPU time and kernels per token, and how many greedy tokens it
+    shares with the unquantized engine."""
     from shared.engine import Engine
-    q = Engine(model, track=track, dtype=dtype, graphs=False, quant=qopts.mode, quant_group=qopts.group_size,
-               quant_head=qopts.head)
+    q = Engine(model, track=track, dtype=dtype, graphs=False, quant=qopts and qopts.mode,
+               quant_group=qopts and qopts.group_size, quant_head=qopts.head if qopts else True, kv_int8=kv_int8)
     middle = meta["decode_bytes"]["context"]
-    info = {"mode": qopts.mode, "engine": q.describe(), "weight_bytes_per_token": weight_bytes(q.weights),
-            "decode_bytes": bytes_per_token(q, middle), "rows": [],
+    mode = "+".join(([qopts.mode] if qopts else []) + (["kv-int8"] if kv_int8 else []))
+    flags = " ".join(([f"--quant {qopts.mode}"] if qopts else []) + (["--kv-int8"] if kv_int8 else []))
+    info = {"mode": mode, "flags": flags, "engine": q.describe(), "weight_bytes_per_token": weight_bytes(q.weights),
+            "decode_bytes": bytes_per_token(q, middle), "kv_pool_bytes": kv_pool_bytes(q, longest), "rows": [],
             "gpu_ms_per_token": gpu_ms_per_token(q, prompt_tokens, max_len=longest)}
     try:
         info["kernels_per_token"] = kernel_breakdown(q, prompt_tokens, max_len=longest)
@@ -356,7 +381,7 @@ def quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, *
         q.use_cache, q.use_graphs = True, graphed
         if graphed:
             _prime(q, [prompt_tokens, *contexts], new_tokens)
-        row = f"{name} {qopts.mode}"
+        row = f"{name} {mode}"
         results[row] = benchmark_fn(q, context_lengths=contexts, prompt_lengths=prompt_lengths, **kw)
         info["rows"].append(row)
     q.use_graphs = use_graphs
@@ -440,7 +465,7 @@ def markdown(report: dict) -> str:
     lines += peer_lines(report)
     lines += kernel_lines(m)
     if m.get("quant", {}).get("kernels_per_token"):
-        lines += [line.replace("Where a decode token's GPU time goes", f"With --quant {m['quant']['mode']}: where "
+        lines += [line.replace("Where a decode token's GPU time goes", f"With {m['quant'].get('flags', '--quant ' + m['quant']['mode'])}: where "
                                "a decode token's GPU time goes", 1) for line in kernel_lines(m["quant"] | {
                                    "prompt_tokens": m["prompt_tokens"]})]
     return "\n".join(lines) + "\n"
@@ -472,7 +497,11 @@ def quant_lines(report: dict) -> list[str]:
     lines = bytes_lines(m)
     if not q:
         return lines
-    lines += ["", f"--quant {q['mode']}: {q['engine']}; greedy tokens equal to the unquantized engine's for the "
+    if q.get("kv_pool_bytes") and m.get("kv_pool_bytes"):
+        lines += ["", f"KV cache on the device: {m['kv_pool_bytes'] / 1e6:,.2f} MB unquantized, "
+                  f"{q['kv_pool_bytes'] / 1e6:,.2f} MB with {q.get('flags', q['mode'])} "
+                  f"({q['kv_pool_bytes'] / m['kv_pool_bytes']:.3f}x)."]
+    lines += ["", f"{q.get('flags', '--quant ' + q['mode'])}: {q['engine']}; greedy tokens equal to the unquantized engine's for the "
               f"first {q['greedy_tokens_equal_to_unquantized']} of {m['new_tokens']} (the main prompt).", ""]
     for row in q["rows"]:
         base = row.split()[0]
@@ -564,7 +593,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a llama-bench binary (default: one on PATH when --gguf is given)")
     p.add_argument("--gguf", default=None, metavar="FILE", help="the GGUF of this model for llama-bench")
     from shared.engine.quant import add_arguments as add_quant_arguments
-    add_quant_arguments(p.add_argument_group("quantized weights (days 42-43): the quantized engine too, same run"))
+    add_quant_arguments(p.add_argument_group("quantized weights (days 42-43) and KV cache (day 44): that engine too, "
+                                             "same run"))
     spec = p.add_argument_group("speculative decoding (day 39): plain vs each method on shared/spec_prompts.py")
     spec.add_argument("--speculative", nargs="?", const="ngram,draft", default=None, metavar="METHODS",
                       help="run this benchmark instead: comma-separated methods, ngram and/or draft (default both)")
@@ -609,7 +639,8 @@ def run_args(args: argparse.Namespace) -> dict:
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
                  graphs=False if args.no_graph else None,
                  naive_max_context=args.naive_max_context, peer=args.peer, llama_bench=args.llama_bench,
-                 gguf=args.gguf, quant=args.quant, quant_group=args.quant_group, quant_head=not args.no_quant_head)
+                 gguf=args.gguf, quant=args.quant, quant_group=args.quant_group, quant_head=not args.no_quant_head,
+                 kv_int8=args.kv_int8)
     print(markdown(report))
     print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")
     return report

@@ -90,7 +90,7 @@ def cmd_status(args) -> int:
         print("No GPU here: `tinyinfer generate` runs the PyTorch reference on the CPU; "
               "`--simulate --model tiny` runs your kernels in the simulator.")
     from shared.engine.quant import status_lines
-    print("\nQuantized modes (tinyinfer generate|bench --quant MODE), on this track:")
+    print("\nQuantized modes (tinyinfer generate|bench --quant MODE, --kv-int8), on this track:")
     for line in status_lines(track):
         print(line)
     for line in progress.problems():  # last, where the learner sees it
@@ -256,8 +256,11 @@ def _check_speculative(args) -> int | str:
 
 def check_quant(args):
     """--quant and its companions, checked before any model loads: the options, or None."""
-    from shared.engine.quant import check_options
+    from shared.engine.quant import check_kv_int8, check_options
     try:
+        check_kv_int8(args.kv_int8, use_cache=False if getattr(args, "no_cache", False) else None,
+                      paged=False if getattr(args, "no_paged", False) else None,
+                      speculative=getattr(args, "speculative", None))
         return check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)
     except ValueError as e:
         raise UsageError(str(e)) from None

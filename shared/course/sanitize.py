@@ -180,9 +180,21 @@ def _day_30(m, device):
                              tables, lens, splits=2, block_size=64, merge_block=64)
 
 
+def _day_44(m, device):
+    torch, randn = _tensors(device)
+    tables = torch.tensor([[3, 0, 5, -1], [1, 4, -1, -1]], dtype=torch.int32, device=device)
+    lens = torch.tensor([11, 5], dtype=torch.int32, device=device)
+    for heads, hd, block in ((6, 24, 32), (8, 64, 64)):     # a lane with a partial row; teams of 8 lanes, groups of 4
+        kq = torch.randint(-127, 128, (6, 2, 4, hd), dtype=torch.int8, device=device)
+        vq = torch.randint(-127, 128, (6, 2, 4, hd), dtype=torch.int8, device=device)
+        ks, vs = randn(6, 2, 4, dtype=torch.float16).abs() / 127, randn(6, 2, 4, dtype=torch.float16).abs() / 127
+        m.paged_decode_attention_int8(randn(2, heads, hd, dtype=torch.float16), kq, vq, ks, vs, tables, lens, splits=2,
+                                      block_size=block, merge_block=block)
+
+
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30, 41: _day_41, 42: _day_42, 48: _day_48, 54: _day_54}
+             27: _day_27, 30: _day_30, 41: _day_41, 42: _day_42, 44: _day_44, 48: _day_48, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:

@@ -8,7 +8,8 @@ present; speculative decoding when asked for (`speculative="ngram"`, or `"draft"
 model: `draft_layers=L` of the target's own or `draft_model=DIR`; shared/engine/speculative.py)
 once day 35 is finished, with K chosen per round from the running acceptance (`spec_k="auto"`)
 once day 38 is; int8 weights when asked for (`quant="w8a16"`, quantized once at load time:
-shared/engine/quant.py). The per-step work is the runner's
+shared/engine/quant.py); an int8 paged KV cache when asked for (`kv_int8=True`, day 44's
+`Int8PagedCache`). The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Engine:
         check_draft(speculative, draft_layers, draft_model)    # one line before the model loads
         self.quant = quant_modes.check_options(quant, quant_group, quant_head, kv_int8)
         quant_modes.check_track(self.quant, self.track, self.reference_only)
+        quant_modes.check_kv_int8(kv_int8, use_cache=use_cache, paged=paged, speculative=speculative)
+        quant_modes.check_kv_track(kv_int8, self.track, self.reference_only)
+        self.kv_int8 = kv_int8
         if speculative is not None:
             check_options(speculative, spec_k)
             if use_cache is False or not self.caps.cache:
@@ -100,8 +104,10 @@ class Engine:
         if self.use_graphs and not self.caps.graphs:
             raise ValueError("CUDA graphs need a GPU, a finished day 20 (the cache) and a finished day 23")
         self.use_paged = self.caps.paged if paged is None else paged
-        if self.use_paged and not self.caps.paged:
+        if self.use_paged and not self.caps.paged and not kv_int8:
             raise ValueError("the paged KV cache needs a finished day 31")
+        if kv_int8:                            # day 44's backend is a paged cache of its own (checked above)
+            self.use_cache = self.use_paged = True
         if block_size < 1 or (num_blocks is not None and num_blocks < 1):
             raise ValueError(f"block_size and num_blocks must be >= 1, got {block_size}, {num_blocks}")
         self.block_size, self.num_blocks = block_size, num_blocks    # num_blocks None: sized like the static cache
@@ -119,6 +125,8 @@ class Engine:
         k = f"auto {AUTO_K[0]}..{AUTO_K[1]}" if self.spec_k == "auto" else self.spec_k
         spec = f", speculative {self.speculative} (K={k}{self._describe_draft()})" if self.speculative else ""
         quant = f", {self.quant.describe()}" if self.quant else ""
+        if self.kv_int8:
+            quant += ", int8 KV cache (an fp16 scale per token and KV head)"
         return now.describe(str(self.dtype).removeprefix("torch.")) + quant + spec
 
     def _describe_draft(self) -> str:
@@ -164,9 +172,11 @@ class Engine:
 
     def cache_backend(self, max_len: int):
         """The cache this engine decodes with, holding max_len tokens: a paged pool (a given
-        num_blocks wins) or a static cache."""
+        num_blocks wins; int8 with kv_int8) or a static cache."""
         if self.use_paged:
             blocks = self.num_blocks or -(-max_len // self.block_size)
+            if self.kv_int8:
+                return self.ops.Int8PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype, self.device)
             return self.ops.PagedCache(self.ops, self.config, blocks, self.block_size, self.dtype, self.device)
         return StaticCache(self.ops, self.config, max_len, self.dtype, self.device)
 

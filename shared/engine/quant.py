@@ -14,6 +14,12 @@ to the day that builds it; only the modes whose day exists run, the others say w
   decode step's fused names take it unfused (day 43's norm_linear / linear_add: the track's norm,
   day 43's linear, the epilogue). The CPU reference quantizes the activations per token too, then
   an exact integer product, then the scales.
+- --kv-int8 (day 44): the paged KV cache stored as int8 rows with one fp16 scale per token and KV
+  head (`ops.Int8PagedCache`: `paged_kv_write_int8` quantizes on write, `paged_decode_attention_int8`
+  dequantizes in registers, a prompt attends over its fresh k, v). It goes with any --quant mode
+  or none, not with --speculative (day 33's verify reads fp16 pools); it needs the paged cache
+  (not --no-paged / --no-cache) and, on a GPU or with
+  --simulate, a finished day 44. The CPU reference runs it too (quantize, dequantize, attend).
 Checks happen before any model loads (the mode, the flags) or right after its config is read
 (a group that does not divide a matrix), so a mistake is one line and no kernel has run.
 """
@@ -58,9 +64,10 @@ def coming(mode: str) -> str:
 
 def check_options(mode: str | None, group_size: int | None = None, head: bool = True,
                   kv_int8: bool = False) -> QuantOptions | None:
-    """The options as given, checked before any model loads: one-line ValueErrors."""
-    if kv_int8:
-        raise ValueError(f"--kv-int8 (an int8 KV cache) is coming on day {KV_INT8_DAY}")
+    """The weight options as given, checked before any model loads: one-line ValueErrors. kv_int8
+    (--kv-int8) goes with any of them; its own checks are check_kv_int8's."""
+    if not isinstance(kv_int8, bool):
+        raise ValueError(f"kv_int8 is True or False, got {kv_int8!r}")
     if mode is None:
         if group_size is not None or not head:
             raise ValueError("--quant-group and --no-quant-head go with --quant " + " / ".join(RUNS))
@@ -74,6 +81,29 @@ def check_options(mode: str | None, group_size: int | None = None, head: bool = 
         raise ValueError(f"--quant-group must be a multiple of {VEC} (a 16-byte load of int8 weights stays in one "
                          f"group), e.g. 64 or 128; got {group_size}")
     return QuantOptions(mode, group_size, head)
+
+
+def check_kv_int8(kv_int8: bool, *, use_cache: bool | None = None, paged: bool | None = None,
+                  speculative: str | None = None) -> None:
+    """--kv-int8 stores the paged cache in int8: it needs a cache and the paged one; speculative
+    decoding's verify (day 33) writes and reads the pools as fp16 ones, so not with it (one line)."""
+    if kv_int8 and speculative:
+        raise ValueError("--kv-int8 does not go with --speculative yet: the verify pass (day 33) reads the KV pool "
+                         "in the model dtype; drop one of them")
+    if kv_int8 and use_cache is False:
+        raise ValueError("--kv-int8 stores the KV cache in int8: drop --no-cache")
+    if kv_int8 and paged is False:
+        raise ValueError("--kv-int8 stores the paged KV cache in int8 (day 44): drop --no-paged")
+
+
+def check_kv_track(kv_int8: bool, track: str, reference_only: bool) -> None:
+    """On a GPU or in the simulator --kv-int8 runs day 44's kernels: the day must be finished."""
+    if not kv_int8 or reference_only:
+        return
+    from shared.course import registry
+    if KV_INT8_DAY not in registry.finished(track):
+        raise ValueError(f"--kv-int8 on the {track} track needs a finished day {KV_INT8_DAY} (the int8 KV write and "
+                         "decode attention): finish it, or run without a GPU and --simulate (the CPU reference)")
 
 
 def matrices(config) -> dict[str, tuple[int, int]]:
@@ -155,7 +185,8 @@ def add_arguments(p) -> None:
                    "columns (a multiple of 16 that divides every matrix's in) instead of one per row")
     p.add_argument("--no-quant-head", action="store_true", help="--quant: keep the lm_head in the model dtype "
                    "(it is quantized too by default)")
-    p.add_argument("--kv-int8", action="store_true", help=f"an int8 KV cache (coming on day {KV_INT8_DAY})")
+    p.add_argument("--kv-int8", action="store_true", help=f"an int8 KV cache (day {KV_INT8_DAY}): one int8 row and "
+                   "an fp16 scale per token and KV head, about half the KV bytes; needs the paged cache")
 
 
 def int8_source(name: str, track: str, day: int):
@@ -193,5 +224,12 @@ def status_lines(track: str) -> list[str]:
         lines.append(f"  --quant {mode:<6} {what}" + (":" if ready else
                      f" (on the GPU it needs a finished day {linear_day}; the CPU reference runs it now):"))
         lines += [f"      {name:<18} {src.describe(track):<22} {role}" for name, src, role in uses]
-    lines.append(f"  --kv-int8      coming on day {KV_INT8_DAY} (an int8 KV cache)")
+    ready = KV_INT8_DAY in registry.finished(track)
+    lines.append("  --kv-int8      int8 KV rows, an fp16 scale per token and KV head" + (":" if ready else
+                 f" (on the GPU it needs a finished day {KV_INT8_DAY}; the CPU reference runs it now):"))
+    for name, role in (("Int8PagedCache", "the backend: int8 pools and scales, which attention each step runs"),
+                       ("paged_kv_write_int8", "every step: quantize k, v on write"),
+                       ("paged_decode_attention_int8", "decode: dequantize in registers"),
+                       ("attention", "prefill: the prompt's fresh k, v (flash)")):
+        lines.append(f"      {name:<28} {registry.source(name, track).describe(track):<22} {role}")
     return lines

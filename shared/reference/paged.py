@@ -149,15 +149,29 @@ class PagedCache:
         self.allocator = ops.BlockAllocator(num_blocks, block_size)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.max_len = num_blocks * block_size            # the most tokens one sequence can hold
-        shape = (config.num_layers, num_blocks, config.num_kv_heads, block_size, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.allocate_pools(config, num_blocks, block_size, dtype, device)
         self.slot_mapping = torch.full((self.max_len,), -1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((1, num_blocks), dtype=torch.int32, device=device)
         self.context_lens = torch.zeros(1, dtype=torch.int32, device=device)
         self.table: list[int] = []                        # what block_tables[0] holds on the device
         self.held = False                                 # whether sequence 0 holds blocks
         self.start = self.T = 0
+
+    def allocate_pools(self, config, num_blocks: int, block_size: int, dtype: torch.dtype, device) -> None:
+        """k, v [layers, num_blocks, KV, block_size, hd] in the model dtype (day 44's int8 cache
+        overrides this: int8 pools and their scales)."""
+        shape = (config.num_layers, num_blocks, config.num_kv_heads, block_size, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def pools(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor indexed [layer, block, ...] that holds the cache's contents: what a
+        copy on write copies and what kv_bytes counts."""
+        return self.k, self.v
+
+    def kv_bytes(self) -> int:
+        """Bytes the cache's contents take on the device (every pool; not the step's metadata)."""
+        return sum(t.numel() * t.element_size() for t in self.pools())
 
     def release(self) -> None:
         """The sequence is finished: its blocks go back to the pool."""
@@ -192,8 +206,8 @@ class PagedCache:
             for _ in range(start + T - a.length(SEQ)):
                 a.append_slot(SEQ)
         for src, dst in a.take_copies():                  # copy on write: the block before the write
-            self.k[:, dst].copy_(self.k[:, src])
-            self.v[:, dst].copy_(self.v[:, src])
+            for pool in self.pools():
+                pool[:, dst].copy_(pool[:, src])
         table = a.block_table(SEQ)
         slots = [a.slot(SEQ, p) for p in range(start, start + T)]
         if T == 1 and start > 0:                          # decode: host ints, one fill_ each, no sync
