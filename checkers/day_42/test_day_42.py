@@ -398,9 +398,9 @@ def reference_ops(track):
     return registry.Ops(track, overrides={n: getattr(reference, n) for n in reference.__all__})
 
 
-def tiny_weights(tiny_model, fuse=True):
-    w = reference.load_model(tiny_model, dtype=torch.float32, device="cpu")
-    w.inv_freq = reference.rope_frequencies(w.config)
+def tiny_weights(tiny_model, fuse=True, device="cpu"):
+    w = reference.load_model(tiny_model, dtype=torch.float32, device=device)
+    w.inv_freq = reference.rope_frequencies(w.config).to(device)
     return fuse_projections(w) if fuse else w
 
 
@@ -486,10 +486,11 @@ def test_quantizing_twice_changes_nothing_and_unfused_is_refused(day, tiny_model
     assert "\n" not in str(e.value).strip(), "one line, please"
 
 
-def dequantized_model(tiny_model):
+def dequantized_model(tiny_model, device="cpu"):
     """The fp32 tiny model with each matrix the fused step reads replaced by dequantize(quantize_int8(.))
-    of itself (per channel, symmetric: the engine's default), made here without quantize_weights."""
-    w = tiny_weights(tiny_model)
+    of itself (per channel, symmetric: the engine's default), made here without quantize_weights, on
+    `device` (the engine's: a GPU engine runs its kernels on it)."""
+    w = tiny_weights(tiny_model, device=device)
     for L in w.layers:
         for name in ("wqkv", "w_gate_up", "wo", "w_down"):
             setattr(L, name, dequantize(reference.quantize_int8(getattr(L, name))))
@@ -516,7 +517,7 @@ def test_quantized_engine_is_the_model_with_dequantized_weights(day, tiny_model,
     eng = engine_with(tiny_model, track, None)
     fuse_projections(eng.weights)
     day.quantize_weights(eng.weights, eng.ops)
-    ref = engine_with(tiny_model, track, dequantized_model(tiny_model))
+    ref = engine_with(tiny_model, track, dequantized_model(tiny_model, eng.device))
     for prompt in ("quantized weights are still weights", "int8 \u00e9\u00e8"):
         ids = eng.prompt_ids(prompt)
         ours, theirs = list(eng.generate_ids(ids, max_new_tokens=16)), list(ref.generate_ids(ids, max_new_tokens=16))
@@ -671,12 +672,12 @@ def test_graph_replay_equals_eager_and_never_syncs(day, device):
     qw = quantized(3072, 2048, seed=7, device=device)
     h, nw = hidden(1, 2048, torch.float16, device, seed=7), norm_weight(2048, torch.float16, device)
     eager = day.norm_linear(h, nw, EPS, qw)
+    x, hh = randn(1, 2048, seed=8, dtype=torch.float16, device=device), torch.zeros(1, 3072, dtype=torch.float16,
+                                                                                    device=device)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         day.norm_linear(h, nw, EPS, qw)
-        x, hh = randn(1, 2048, seed=8, dtype=torch.float16, device=device), torch.zeros(1, 3072, dtype=torch.float16,
-                                                                                        device=device)
         day.linear_add(x, qw, hh)
     finally:
         torch.cuda.set_sync_debug_mode("default")

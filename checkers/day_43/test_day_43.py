@@ -24,6 +24,7 @@ from shared.quant import QuantWeight, dequantize
 DAY = 43
 U = 2.0 ** -24                     # float32's unit roundoff
 HALF_ULP = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11}
+SUBNORMAL_HALF_STEP = {torch.float16: 2.0 ** -25, torch.float32: 2.0 ** -150}   # rounding below the smallest normal
 
 
 # ---- inputs --------------------------------------------------------------------------------------------
@@ -84,7 +85,8 @@ def expected_linear(x, qw):
     sw = qw.scale.cpu().double().view(-1, G)                               # [N or 1, G]
     terms = I_g * sw.unsqueeze(0)
     y = terms.sum(-1) * sx.double()
-    err = (G + 3) * U * terms.abs().sum(-1) * sx.double() + HALF_ULP[x.dtype] * y.abs()
+    err = ((G + 3) * U * terms.abs().sum(-1) * sx.double() + HALF_ULP[x.dtype] * y.abs()
+           + SUBNORMAL_HALF_STEP[x.dtype])
     return y, err
 
 
