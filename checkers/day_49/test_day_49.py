@@ -114,6 +114,15 @@ class ToyRunner:
         self.tokens[seq_id] = ids
         return toy_logits(ids)
 
+    def prefill_many(self, items):
+        """Like BatchRunner.prefill_many: all or nothing (the blocks of every prompt checked first)."""
+        items = [(s, list(ids)) for s, ids in items]
+        need = sum(self.blocks_to_prefill(len(ids)) for _, ids in items)
+        if not items or len({s for s, _ in items}) != len(items) or need > self.num_free:
+            raise OutOfBlocksError(f"prefill_many of {[s for s, _ in items]}: distinct sequences, {need} blocks "
+                                   f"needed, {self.num_free} free")
+        return torch.stack([self.prefill(s, ids) for s, ids in items])
+
     def decode(self, seq_ids, tokens):
         seq_ids, tokens = list(seq_ids), list(tokens)
         B = len(seq_ids)
@@ -144,6 +153,7 @@ class Watch:
         self.held = {}               # seq id -> tokens its KV holds, in admission order
         self.events = []
         self.prefills = 0
+        self.forwards = 0            # prefill calls: a step's new prompts share one forward
 
     def __getattr__(self, name):     # num_free, length, blocks_to_*, max_batch, cache, decoder, block_size
         return getattr(self.inner, name)
@@ -161,6 +171,25 @@ class Watch:
         self.held[seq_id] = ids
         self.events.append(("prefill", seq_id, ids))
         self.prefills += 1
+        self.forwards += 1
+        return out
+
+    def prefill_many(self, items):
+        items = [(s, list(ids)) for s, ids in items]
+        need, free = sum(self.inner.blocks_to_prefill(len(ids)) for _, ids in items), self.inner.num_free
+        for s, ids in items:
+            assert s not in self.held, \
+                f"prefill of {s!r}, whose blocks are still held: free a preempted sequence before it comes back"
+        assert need <= free, (f"prefill_many of {len(items)} prompts needs {need} blocks, {free} are free: admit only "
+                              "while the blocks_to_prefill(T) of the admitted ones add up to at most runner.num_free")
+        assert len(self.held) + len(items) <= self.limit, \
+            f"admitting {len(items)} makes {len(self.held) + len(items)} running sequences, max_num_seqs is {self.limit}"
+        out = self.inner.prefill_many(items)
+        for s, ids in items:
+            self.held[s] = ids
+            self.events.append(("prefill", s, ids))
+        self.prefills += len(items)
+        self.forwards += 1
         return out
 
     def decode(self, seq_ids, tokens):
@@ -209,7 +238,11 @@ class Drive:
 
     def step(self):
         self.runner.events = []
+        forwards = self.runner.forwards
         outs = self.s.step()
+        assert self.runner.forwards - forwards <= 1, (
+            f"step {self.steps + 1}: {self.runner.forwards - forwards} prefill calls: a step's admitted prompts go "
+            "to the runner together, in one runner.prefill_many (one forward)")
         self.steps += 1
         assert isinstance(outs, list), f"step() returns a list of StepOutput, got {type(outs).__name__}"
         seen = [o.request_id for o in outs]
@@ -558,6 +591,34 @@ def check_model_outputs(d, bops, weights, device, tie):
 def model_requests(rng, n, vocab, *, prompts=(2, 12), outputs=(4, 12), eos=()):
     return [req(i, [rng.randrange(3, vocab) for _ in range(rng.randint(*prompts))], rng.randint(*outputs), eos=eos)
             for i in range(n)]
+
+
+def test_runner_prefill_many_is_each_prompt_alone(bops, weights, device):
+    """The engine's BatchRunner.prefill_many (what your _admit calls): n prompts of odd lengths in
+    one forward give each prompt's own logits, leave each sequence's KV as a prefill alone would
+    (the next decode step's logits agree), and a refused call changes nothing."""
+    rng = random.Random(4902)
+    V = weights.config.vocab_size
+    prompts = [[rng.randrange(3, V) for _ in range(n)] for n in (1, 7, 3, 12, 5)]
+    together = BatchRunner(bops, weights, device, torch.float32, num_blocks=24, block_size=4, max_batch=8)
+    alone = BatchRunner(bops, weights, device, torch.float32, num_blocks=24, block_size=4, max_batch=8)
+    got = together.prefill_many([(i, p) for i, p in enumerate(prompts)])
+    assert tuple(got.shape) == (len(prompts), V), f"prefill_many gave {tuple(got.shape)}, want ({len(prompts)}, {V})"
+    for i, p in enumerate(prompts):
+        want = alone.prefill(i, p)
+        torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"prompt {i}: {m}")
+    assert together.num_free == alone.num_free
+    ids, nxt = list(range(len(prompts))), [rng.randrange(3, V) for _ in prompts]
+    torch.testing.assert_close(together.decode(ids, nxt), alone.decode(ids, nxt), rtol=1e-4, atol=1e-4)
+    free = together.num_free
+    with pytest.raises(ValueError):
+        together.prefill_many([("a", [5, 6]), ("b", [5, V + 3])])            # an id out of range
+    with pytest.raises(ValueError):
+        together.prefill_many([("a", [5, 6]), (0, [7])])                     # sequence 0 is held already
+    with pytest.raises(OutOfBlocksError):
+        together.prefill_many([("a", [5] * 40), ("b", [6] * 40)])            # 20 blocks, fewer are free
+    assert together.num_free == free, "a refused prefill_many must change nothing"
+    assert tuple(together.prefill_many([("a", [5, 6]), ("b", [7])]).shape) == (2, V)
 
 
 def test_tiny_model_in_a_small_pool_equals_each_request_alone(day, bops, weights, device):

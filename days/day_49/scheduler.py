@@ -22,10 +22,11 @@ from shared.reference.scheduler import Request, StepOutput   # the request and o
 class Scheduler:
     """Continuous batching: add(request), step() -> [StepOutput], has_work, abort(request_id).
 
-    runner: BatchRunner's interface -- prefill(seq_id, ids) -> logits [V], decode(seq_ids,
-    tokens) -> [B, V], free(seq_id), num_free, blocks_to_prefill(T), blocks_to_decode(seq_ids),
-    max_batch, cache.num_blocks, cache.max_len (the most tokens one sequence holds) and
-    decoder.weights.config.vocab_size. The scheduler owns the runner's pool (all free at start).
+    runner: BatchRunner's interface -- prefill_many([(seq_id, ids), ...]) -> logits [n, V] (one
+    forward for a step's new prompts), decode(seq_ids, tokens) -> [B, V], free(seq_id), num_free,
+    blocks_to_prefill(T), blocks_to_decode(seq_ids), max_batch, cache.num_blocks, cache.max_len
+    (the most tokens one sequence holds) and decoder.weights.config.vocab_size. The scheduler owns
+    the runner's pool (all free at start).
     max_num_seqs: the most running sequences (rows of a decode), 1..runner.max_batch.
     max_num_batched_tokens: the most prompt tokens one step's prefills run (None: no cap); at
     least cache.max_len, so any request fits a step alone (no chunked prefill here).
@@ -95,14 +96,18 @@ class Scheduler:
                                   "(lesson: notes/day_49_scheduler.md)")
 
     def _admit(self) -> list[tuple[Request, int]]:
-        """Prefill waiting requests in order while a row, the token budget and the blocks allow."""
-        # TODO(day 49): while waiting and fewer than max_num_seqs run: look at the HEAD only; its tokens are
-        #   prompt + output_ids (r.token_ids). If they exceed what is left of max_num_batched_tokens, or
-        #   runner.blocks_to_prefill(len) > runner.num_free: stop (FCFS -- nobody overtakes the head). Else
-        #   runner.prefill(r.id, tokens) -> logits [V]; move it from waiting to the end of running; spend the
-        #   budget; its token = _pick([r], logits[None])[0]. Return the (request, token) pairs.
-        #   Then, if nothing runs and something waits, the head can never fit: a one-line RuntimeError
-        #   (free blocks, and that something else holds blocks) instead of stepping forever.
+        """Admit waiting requests in order while a row, the token budget and the blocks allow, then
+        prefill them together: one runner.prefill_many, one pick (one host read) for all."""
+        # TODO(day 49): walk the waiting queue from the HEAD while fewer than max_num_seqs would run; a
+        #   request's tokens are prompt + output_ids (r.token_ids). Stop at the first whose tokens exceed
+        #   what is left of max_num_batched_tokens, or whose runner.blocks_to_prefill(len) exceeds the blocks
+        #   left (runner.num_free minus what the requests before it in this step take): FCFS -- nobody
+        #   overtakes the head. If nothing runs, nothing was admitted and something waits, the head can never
+        #   fit: a one-line RuntimeError (free blocks, and that something else holds blocks) instead of
+        #   stepping forever. Else prefill the admitted ones TOGETHER: runner.prefill_many([(r.id, tokens),
+        #   ...]) -> logits [n, V] (one forward: a prefill costs its launches, not its tokens); move them
+        #   from waiting to the end of running, in order; their tokens = _pick(group, logits). Return the
+        #   (request, token) pairs.
         raise NotImplementedError("Day 49: Scheduler._admit is not written yet -- edit days/day_49/scheduler.py "
                                   "(lesson: notes/day_49_scheduler.md)")
 

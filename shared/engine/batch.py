@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import torch
 
+from shared.engine.errors import OutOfBlocksError
 from shared.engine.runner import check_ids
 
 
 class BatchRunner:
-    """prefill(seq_id, ids) -> logits [vocab]; decode(seq_ids, tokens) -> logits [B, vocab];
-    free(seq_id). A failing call changes nothing (ValueError, OutOfBlocksError)."""
+    """prefill(seq_id, ids) -> logits [vocab]; prefill_many([(seq_id, ids), ...]) -> logits [n, vocab];
+    decode(seq_ids, tokens) -> logits [B, vocab]; free(seq_id). A failing call changes nothing (ValueError, OutOfBlocksError)."""
 
     def __init__(self, ops, weights, device, dtype: torch.dtype, *, num_blocks: int, block_size: int = 16,
                  max_batch: int = 64, max_len: int | None = None, graphs: bool = False, prefix_cache: bool = False):
@@ -79,6 +80,64 @@ class BatchRunner:
                                     torch.arange(start, len(ids), dtype=torch.int32, device=dev), self.ops, attend,
                                     logits_at=slice(-1, None))[0]
 
+    def prefill_many(self, items) -> torch.Tensor:
+        """Several new prompts in one forward: items = [(seq_id, ids), ...] -> logits [n, vocab], row
+        i the next token's of items[i]. A prefill is launch-bound (each kernel launch costs tens of
+        microseconds from Python, whatever T is), so n prompts as one stream of tokens cost about
+        one prefill: the linear layers see all their tokens at once, only attention runs per prompt.
+        A failing call changes nothing. With the prefix cache the prompts run one by one: a prompt
+        may hit blocks that another prompt of the same call has not computed yet."""
+        items = [(s, list(ids)) for s, ids in items]
+        if not items:
+            raise ValueError("prefill_many takes at least one (seq_id, ids) pair")
+        if len(items) == 1 or self.prefix is not None:
+            out, done = [], []
+            try:
+                for s, ids in items:
+                    out.append(self.prefill(s, ids))
+                    done.append(s)
+            except Exception:
+                for s in done:
+                    self.free(s)
+                raise
+            return torch.stack(out)
+        c, a = self.cache, self.cache.allocator
+        if len({s for s, _ in items}) != len(items):
+            raise ValueError(f"a sequence appears twice in one prefill: {[s for s, _ in items]}")
+        for _, ids in items:
+            if not ids:
+                raise ValueError("empty prompt: give at least one token")
+            check_ids(ids, self.weights.config.vocab_size)
+            if len(ids) > c.max_len:
+                raise ValueError(f"a prompt of {len(ids)} tokens: 1..{c.max_len} fit one sequence's table "
+                                 f"({c.max_blocks} blocks of {c.block_size})")
+        need = sum(self.blocks_to_prefill(len(ids)) for _, ids in items)
+        if need > a.num_free:
+            raise OutOfBlocksError(f"these {len(items)} prompts need {need} KV blocks but only {a.num_free} of "
+                                   f"{c.num_blocks} are free: prefill fewer at once")
+        done = []
+        try:
+            for s, ids in items:
+                a.allocate(s, len(ids))                     # ValueError for a held sequence: undone below
+                done.append(s)
+        except Exception:
+            for s in done:
+                a.free(s)
+            raise
+        bs, slots, positions, bounds = c.block_size, [], [], []
+        for s, ids in items:
+            table, T = a.block_table(s), len(ids)
+            slots += [table[p // bs] * bs + p % bs for p in range(T)]
+            positions += range(T)
+            bounds.append((len(positions) - T, len(positions)))
+        dev = c.device
+        ids = torch.tensor([t for _, seq in items for t in seq], dtype=torch.int32).to(dev)
+        attend = PromptsAttend(c, torch.tensor(slots, dtype=torch.int32).to(dev), bounds)
+        last = torch.tensor([e - 1 for _, e in bounds]).to(dev)
+        with torch.inference_mode():
+            return self.ops.forward(self.weights, ids, torch.tensor(positions, dtype=torch.int32).to(dev),
+                                    self.ops, attend, logits_at=last)
+
     def decode(self, seq_ids, tokens) -> torch.Tensor:
         """Row i: the logits after tokens[i] for seq_ids[i]; overwritten by the next step."""
         return self.decoder(seq_ids, tokens)
@@ -93,15 +152,31 @@ class BatchRunner:
         ids = [("warmup", i) for i in range(buckets[-1])]
         held = []
         try:
-            for s in ids:
-                self.prefill(s, [0])
-                held.append(s)
+            self.prefill_many([(s, [0]) for s in ids])
+            held = ids
             for b in buckets:
                 self.decode(ids[:b], [0] * b)
         finally:
             for s in held:
                 self.free(s)
         return len(buckets)
+
+
+class PromptsAttend:
+    """The attend of several prompts run as one stream of tokens: every k, v goes to its slot in
+    one write, then each prompt's queries attend over its own keys only (bounds: [start, end) of
+    each prompt in the stream)."""
+
+    def __init__(self, cache, slots, bounds):
+        self.cache, self.slots, self.bounds = cache, slots, bounds
+
+    def __call__(self, layer, q, k, v, positions):
+        c = self.cache
+        c.ops.paged_kv_write(c.k[layer], c.v[layer], k, v, self.slots)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        for s, e in self.bounds:
+            out[s:e] = c.ops.attention(q[s:e], k[s:e], v[s:e])
+        return out
 
 
 class SuffixAttend:

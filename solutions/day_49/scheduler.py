@@ -22,10 +22,11 @@ from shared.reference.scheduler import Request, StepOutput   # the request and o
 class Scheduler:
     """Continuous batching: add(request), step() -> [StepOutput], has_work, abort(request_id).
 
-    runner: BatchRunner's interface -- prefill(seq_id, ids) -> logits [V], decode(seq_ids,
-    tokens) -> [B, V], free(seq_id), num_free, blocks_to_prefill(T), blocks_to_decode(seq_ids),
-    max_batch, cache.num_blocks, cache.max_len (the most tokens one sequence holds) and
-    decoder.weights.config.vocab_size. The scheduler owns the runner's pool (all free at start).
+    runner: BatchRunner's interface -- prefill_many([(seq_id, ids), ...]) -> logits [n, V] (one
+    forward for a step's new prompts), decode(seq_ids, tokens) -> [B, V], free(seq_id), num_free,
+    blocks_to_prefill(T), blocks_to_decode(seq_ids), max_batch, cache.num_blocks, cache.max_len
+    (the most tokens one sequence holds) and decoder.weights.config.vocab_size. The scheduler owns
+    the runner's pool (all free at start).
     max_num_seqs: the most running sequences (rows of a decode), 1..runner.max_batch.
     max_num_batched_tokens: the most prompt tokens one step's prefills run (None: no cap); at
     least cache.max_len, so any request fits a step alone (no chunked prefill here).
@@ -127,22 +128,28 @@ class Scheduler:
         return preempted
 
     def _admit(self) -> list[tuple[Request, int]]:
-        """Prefill waiting requests in order while a row, the token budget and the blocks allow."""
-        out, budget = [], self.max_num_batched_tokens
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            r = self.waiting[0]
+        """Admit waiting requests in order while a row, the token budget and the blocks allow, then
+        prefill them together: one runner.prefill_many, one pick (one host read) for all."""
+        group, budget, free = [], self.max_num_batched_tokens, self.runner.num_free
+        while len(group) < len(self.waiting) and len(self.running) + len(group) < self.max_num_seqs:
+            r = self.waiting[len(group)]
             ids = r.token_ids                          # a preempted request: its prompt and its tokens so far
-            if len(ids) > budget or self.runner.blocks_to_prefill(len(ids)) > self.runner.num_free:
+            need = self.runner.blocks_to_prefill(len(ids))
+            if len(ids) > budget or need > free:
                 break                                  # FCFS: nobody overtakes the head
-            logits = self.runner.prefill(r.id, ids)
-            self.waiting.popleft()
-            self.running.append(r)
+            group.append(r)
             budget -= len(ids)
-            out.append((r, self._pick([r], logits[None])[0]))
-        if not self.running and self.waiting:
+            free -= need
+        if not self.running and not group and self.waiting:
             raise RuntimeError(f"nothing runs and request {self.waiting[0].id!r} does not fit: {self.runner.num_free} of "
                                f"{self.num_blocks} blocks are free -- something else holds (or leaked) blocks")
-        return out
+        if not group:
+            return []
+        logits = self.runner.prefill_many([(r.id, r.token_ids) for r in group])
+        for r in group:
+            self.waiting.popleft()
+            self.running.append(r)
+        return list(zip(group, self._pick(group, logits)))
 
     def _pick(self, rows: list[Request], logits: torch.Tensor) -> list[int]:
         """The next token of each row: greedy rows by one argmax (one host read), others sampled."""
