@@ -56,17 +56,23 @@ class BatchRunner:
         starts a block (a scheduler preempts until this fits num_free)."""
         return sum(self.length(s) % self.block_size == 0 for s in seq_ids)
 
-    def prefill(self, seq_id, ids) -> torch.Tensor:
-        """The prompt's K/V into the pool; logits [vocab] of its next token."""
-        if self.prefix is None:
-            return self.decoder.prefill(seq_id, ids)
-        ids, c = list(ids), self.cache
+    def _check_prompt(self, ids: list) -> None:
+        """One-line ValueErrors for a prompt no sequence can hold: empty, an id outside the
+        vocabulary, or more tokens than one table's blocks."""
+        c = self.cache
         if not ids:
             raise ValueError("empty prompt: give at least one token")
         check_ids(ids, self.weights.config.vocab_size)
         if len(ids) > c.max_len:
             raise ValueError(f"a prompt of {len(ids)} tokens: 1..{c.max_len} fit one sequence's table "
                              f"({c.max_blocks} blocks of {c.block_size})")
+
+    def prefill(self, seq_id, ids) -> torch.Tensor:
+        """The prompt's K/V into the pool; logits [vocab] of its next token."""
+        if self.prefix is None:
+            return self.decoder.prefill(seq_id, ids)
+        ids, c = list(ids), self.cache
+        self._check_prompt(ids)
         start = self.prefix.allocate_prompt(seq_id, ids)     # ValueError / OutOfBlocksError: nothing changed
         for src, dst in self.prefix.take_copies():          # a fully cached prompt's last block, every layer
             c.k[:, dst].copy_(c.k[:, src])
@@ -105,12 +111,7 @@ class BatchRunner:
         if len({s for s, _ in items}) != len(items):
             raise ValueError(f"a sequence appears twice in one prefill: {[s for s, _ in items]}")
         for _, ids in items:
-            if not ids:
-                raise ValueError("empty prompt: give at least one token")
-            check_ids(ids, self.weights.config.vocab_size)
-            if len(ids) > c.max_len:
-                raise ValueError(f"a prompt of {len(ids)} tokens: 1..{c.max_len} fit one sequence's table "
-                                 f"({c.max_blocks} blocks of {c.block_size})")
+            self._check_prompt(ids)
         need = sum(self.blocks_to_prefill(len(ids)) for _, ids in items)
         if need > a.num_free:
             raise OutOfBlocksError(f"these {len(items)} prompts need {need} KV blocks but only {a.num_free} of "
