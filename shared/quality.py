@@ -44,8 +44,11 @@ def parse_modes(text: str | None) -> list[str]:
         weights = [p for p in parts if p != KV]
         if len(weights) > 1 or len(parts) - len(weights) > 1 or len(parts) != len(set(parts)):
             raise ValueError(f"mode {mode!r}: at most one weight mode and {KV}, joined by + (e.g. w8a16+{KV})")
+        if weights and weights[0] not in quant_modes.MODES:
+            raise ValueError(f"unknown mode {weights[0]!r}: use {', '.join(quant_modes.RUNS)}, {KV}, or a weight "
+                             f"mode + {KV}")
         if weights:
-            quant_modes.check_options(weights[0])        # unknown, or coming on a later day: one line
+            quant_modes.check_options(weights[0])        # coming on a later day: one line
         if mode not in out:
             out.append(mode)
     return out
@@ -112,6 +115,12 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
     body = load_text(text_path)
     base = Engine(model, track=track, dtype=dtype)
     track = base.track
+    for mode in modes:                # what each mode needs on this track and model: one line before any scoring
+        o = engine_options(mode)
+        q = quant_modes.check_options(o["quant"], quant_group, quant_head) if o["quant"] else None
+        quant_modes.check_track(q, track, base.reference_only)
+        quant_modes.check_kv_track(o["kv_int8"], track, base.reference_only)
+        quant_modes.check_model(q, base.config, kernels=not base.reference_only)
     ops = Ops(track)                  # the track's perplexity / greedy_agreement (host Python, any tier)
     ids = base.tokenizer.encode(body)
     if max_tokens:
