@@ -170,14 +170,14 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
             bar.update(1)
         if baseline_tokens is None:
             baseline_tokens = tokens
-        agree = [ops.greedy_agreement(b, t) if b else 1.0 for b, t in zip(baseline_tokens, tokens)]
+        agree = [ops.greedy_agreement(b, t) for b, t in zip(baseline_tokens, tokens) if b]    # none: not measured
         row = {"mode": report["dtype"] if mode == "base" else mode, "engine": engine.describe(),
                "ppl": ppl, "nll_sum": nll, "n_tokens": n, "bits_per_token": nll / n / math.log(2),
                "seconds": seconds,
                "greedy_agreement": sum(agree) / len(agree) if agree else None,
                "identical": sum(a == 1.0 for a in agree),
                "per_prompt": [{"family": f, "prompt": name, "agreement": a}
-                              for (f, name, _), a in zip(prompts, agree)]}
+                              for (f, name, _), a in zip(prompts, agree)] if agree else []}
         report["rows"].append(row)
         if engine is not base:
             del engine
@@ -201,9 +201,11 @@ def markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         target = {True: "met", False: "**missed**", None: "–"}[r["meets_target"]]
-        ga = "–" if r["greedy_agreement"] is None else f"{100 * r['greedy_agreement']:.1f}%"
+        ga, same = "–", "–"
+        if r["greedy_agreement"] is not None:
+            ga, same = f"{100 * r['greedy_agreement']:.1f}%", f"{r['identical']}/{report['prompts']}"
         lines.append(f"| {r['mode']} | {r['ppl']:.4f} | {100 * r['ppl_vs_base']:+.2f}% | {r['bits_per_token']:.4f} | "
-                     f"{ga} | {r['identical']}/{report['prompts']} | {target} |")
+                     f"{ga} | {same} | {target} |")
     for c in report["coming"]:
         lines.append(f"| {c['mode']} | coming on day {c['day']} ({c['what']}) | | | | | |")
     if not report["on_gpu"]:
