@@ -389,6 +389,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    threads.configure()
+    from shared import quality
+    quality.run_args(args)
+    return 0
+
+
 def cmd_doctor(args) -> int:
     import importlib.metadata as md
     from shared import models
@@ -583,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     from shared import bench
     bench.add_arguments(s)
     s.set_defaults(fn=cmd_bench)
+    s = _command(sub, "perplexity", "quality of the quantized modes: perplexity on a shipped text and greedy "
+                 "agreement with the unquantized engine (day 45; JSON, Markdown, a plot)")
+    from shared import quality
+    quality.add_arguments(s)
+    s.set_defaults(fn=cmd_perplexity)
     _command(sub, "doctor", "check the GPU (and which days it can run), driver, numba-cuda and the numpy pin"
              ).set_defaults(fn=cmd_doctor)
     s = _command(sub, "mutants", "run the checkers against the solutions with known mistakes (all must fail)")
