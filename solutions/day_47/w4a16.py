@@ -149,7 +149,7 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     gpu.require_device(x, w.qs, w.d)
     T, K = x.shape
     N = w.shape[0]
-    if T != 1:
+    if T != 1:   # given: a prefill, verify or batch dequantizes for this call
         return previous_linear(TRACK)(x, dequantize(w, x.dtype))
     out = torch.empty(T, N, dtype=x.dtype, device=x.device)
     if N == 0:
