@@ -130,3 +130,46 @@ def linear(x: torch.Tensor, w, *, path: str | None = None, block_size: int | Non
     #   No .item() or .cpu(): the decode step is captured.
     raise NotImplementedError("Day 47: linear is not written yet -- edit days/day_47/w4a16.py "
                               "(lesson: notes/day_47_w4a16.md)")
+
+
+# ---- given: day 54's fused names for 4-bit weights, unfused around this day's linear ---------------
+@functools.lru_cache(maxsize=None)
+def previous(name: str):
+    """The norm_linear / linear_add anything but a Q4Weight goes to (day 43's, 42's or the
+    reference), resolved once per process."""
+    from shared.course import registry
+    return registry.resolve_before(name, TRACK, DAY)
+
+
+@functools.lru_cache(maxsize=None)
+def component(name: str):
+    """The track's own rmsnorm, rope, silu_mul (what the unfused forward would call)."""
+    from shared.course import registry
+    return registry.resolve(name, TRACK)
+
+
+def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w, *, gated: bool = False,
+                rope=None) -> torch.Tensor:
+    """Day 54's norm_linear for a Q4Weight, unfused (as day 43 does for W8A8): the track's
+    rmsnorm, this day's linear, then RoPE on the first heads (rope=(positions, inv_freq, heads))
+    or silu_mul(gate, up) (gated). Any other w goes to the previous norm_linear."""
+    if not isinstance(w, Q4Weight):
+        return previous("norm_linear")(h, norm_weight, eps, w, gated=gated, rope=rope)
+    y = linear(component("rmsnorm")(h, norm_weight, eps), w)
+    if rope is not None:
+        positions, inv_freq, heads = rope
+        hd = 2 * inv_freq.shape[0]
+        qk = y[:, :heads * hd].view(y.shape[0], heads, hd)
+        component("rope")(qk, qk[:, :0], positions, inv_freq)
+    if not gated:
+        return y
+    F = w.shape[0] // 2
+    return component("silu_mul")(y[:, :F], y[:, F:])
+
+
+def linear_add(x: torch.Tensor, w, h: torch.Tensor) -> None:
+    """h += x @ w.T in place for a Q4Weight: this day's linear (rounded to h's dtype), then the add
+    (HF's order). Any other w goes to the previous linear_add."""
+    if not isinstance(w, Q4Weight):
+        return previous("linear_add")(x, w, h)
+    h += linear(x, w)
