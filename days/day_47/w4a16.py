@@ -22,7 +22,8 @@ from shared.q4 import BLOCK, Q4Weight, dequantize
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
 
-from shared.runtime.vector_loads import load4w, load4w_wide, load8, load8_wide, shfl_down
+from shared.runtime.dp4a import load4_words_wide
+from shared.runtime.vector_loads import load8, load8_wide, shfl_down
 
 DAY = 47
 WARP = 32
@@ -44,6 +45,13 @@ TRACK = __name__.split(".")[0]      # "days" or "solutions"
 
 
 # ---- the kernel -----------------------------------------------------------------------------------
+@cuda.jit(device=True)
+def load4_words(a, row, j):
+    """a[row, j : j + 4] (int32), element by element: any alignment (day 43's load4_words_wide is
+    the one 16-byte load)."""
+    return a[row, j], a[row, j + 1], a[row, j + 2], a[row, j + 3]
+
+
 def make_gemv(load_x, load_w):
     """The GEMV reading x 8 values at a time (`load_x`) and a block's nibbles as 4 words (`load_w`)."""
 
@@ -73,8 +81,8 @@ def make_gemv(load_x, load_w):
     return gemv_kernel
 
 
-gemv_wide = make_gemv(load8_wide, load4w_wide)   # x and the nibbles on 16-byte boundaries
-gemv_any = make_gemv(load8, load4w)              # any alignment
+gemv_wide = make_gemv(load8_wide, load4_words_wide)   # x and the nibbles on 16-byte boundaries
+gemv_any = make_gemv(load8, load4_words)              # any alignment
 
 
 def warps_per_row_for(N: int, K: int, warps: int) -> int:

@@ -14,10 +14,6 @@ attention, day 41's int8 GEMV), so one kernel runs in both tiers.
   or less, too slow for an H200's memory): flip its sign bit (q ^ 0x80 is the unsigned q + 128),
   put it under the exponent of 2^23 (0x4B000000 | byte is the float 2^23 + q + 128, exact) and
   subtract 2^23 + 128: exactly q. Lesson: notes/day_41_w8a16_gemv.md, "A warp's loads".
-- `load4w(a, row, k)` / `load4w_wide(a, row, k)` (day 47): a[row, k : k + 4] of an int32 array
-  as four int32 words, element by element / in ONE 16-byte load (same alignment rule; `load4w`
-  in the simulator). Day 47 reads a block's 16 bytes of 4-bit weights this way and unpacks the
-  nibbles itself with shifts and masks.
 - `shfl_down(v, offset)`: `cuda.shfl_down_sync` over the full warp on a GPU. The simulator has no
   warp shuffles; there it passes values through shared memory, so EVERY thread of the block
   must call it (it contains barriers).
@@ -51,16 +47,10 @@ def load16(a, row, k):
             float32(a[row, k + 12]), float32(a[row, k + 13]), float32(a[row, k + 14]), float32(a[row, k + 15]))
 
 
-@cuda.jit(device=True)
-def load4w(a, row, k):
-    """a[row, k : k + 4] (int32) as four words, element by element."""
-    return a[row, k], a[row, k + 1], a[row, k + 2], a[row, k + 3]
-
 
 if gpu.SIM:
     load8_wide = load8                      # the simulator has no vector loads
     load16_wide = load16
-    load4w_wide = load4w
 
     import threading
     _first_use = threading.Lock()
@@ -154,26 +144,6 @@ else:
                     byte = builder.and_(byte, ir.Constant(i32, 0xFF))
                     bits = builder.or_(byte, ir.Constant(i32, MAGIC))
                     values.append(builder.fsub(builder.bitcast(bits, f32), ir.Constant(f32, OFFSET)))
-            return context.make_tuple(builder, sig.return_type, values)
-
-        return sig, codegen
-
-    @intrinsic
-    def load4w_wide(typingctx, a, row, k):
-        """a[row, k : k + 4] (int32) as one 16-byte load (ld.global.v4.u32); the caller guarantees
-        16-byte alignment."""
-        if not isinstance(a, types.Array) or a.dtype != types.int32:
-            return None
-        sig = types.UniTuple(types.int32, 4)(a, row, k)
-
-        def codegen(context, builder, sig, args):
-            aty = sig.args[0]
-            arr = context.make_array(aty)(context, builder, args[0])
-            idx = [context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:])]
-            ptr = cgutils.get_item_pointer(context, builder, aty, arr, idx, wraparound=False)
-            i32 = ir.IntType(32)
-            vec = builder.load(builder.bitcast(ptr, ir.VectorType(i32, 4).as_pointer()), align=16)
-            values = [builder.extract_element(vec, ir.Constant(i32, j)) for j in range(4)]
             return context.make_tuple(builder, sig.return_type, values)
 
         return sig, codegen
