@@ -8,8 +8,8 @@ import torch
 from shared.course.testing import assert_cli_refuses
 from shared.quant import QuantWeight, dequantize
 
-BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "W8A8"], ["--quant", "w4a16"], ["--quant", "gguf"],
-             ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
+BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "W8A8"], ["--quant", "w4a16", "--quant-group", "48"],
+             ["--quant", "gguf"], ["--quant-group", "64"], ["--no-quant-head"], ["--quant", "w8a16", "--quant-group", "24"],
              ["--quant", "w8a8", "--quant-group", "8"], ["--quant", "w8a8", "--quant-group", "128"],
              ["--quant", "w8a16", "--quant-group", "8"], ["--quant", "w8a16", "--quant-group", "128"],
              ["--quant", "w8a16", "--kv-int8", "--no-paged"], ["--kv-int8", "--no-cache"],
@@ -17,7 +17,8 @@ BAD_QUANT = [["--quant", "int4"], ["--quant", "W8A16"], ["--quant", "W8A8"], ["-
 
 
 def test_generate_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
-    """Unknown modes, the modes of later days (which day brings them), companions without --quant,
+    """Unknown modes, a w4a16 group that is no multiple of 32, gguf on a model folder without a GGUF,
+    companions without --quant,
     a group that is no multiple of 16 or does not divide the tiny model's 64, --kv-int8 without the
     paged cache: exit 2, one line."""
     assert_cli_refuses(["generate", "hi", "--model", str(tiny_model), "--max-new-tokens", "2"], BAD_QUANT, capsys)
@@ -28,11 +29,24 @@ def test_bench_refuses_bad_quant_flags_in_one_line(tiny_model, capsys):
     assert_cli_refuses(["bench", "--model", str(tiny_model), "--speculative", "ngram"], [["--quant", "w8a16"]], capsys)
 
 
-@pytest.mark.parametrize("mode,day", [("w4a16", 47), ("gguf", 47)])
-def test_a_later_mode_says_which_day_brings_it(mode, day):
+@pytest.mark.parametrize("mode,group,head,match", [
+    ("gguf", 32, True, "drop --quant-group"), ("gguf", None, False, "drop --quant-group"),
+    ("w4a16", 16, True, "multiple of 32"), ("w4a16", 40, True, "multiple of 32")])
+def test_4bit_options_refused_in_one_line(mode, group, head, match):
     from shared.engine.quant import check_options
-    with pytest.raises(ValueError, match=f"coming on day {day}"):
-        check_options(mode)
+    with pytest.raises(ValueError, match=match):
+        check_options(mode, group, head)
+
+
+def test_w4a16_group_must_divide_every_matrix():
+    """The tiny model's in sizes are 64 and 96: groups of 64 do not divide w_down's 96."""
+    from types import SimpleNamespace
+    from shared.engine.quant import check_model, check_options
+    c = SimpleNamespace(num_heads=4, num_kv_heads=2, head_dim=16, hidden_size=64, intermediate_size=96,
+                        vocab_size=256)
+    with pytest.raises(ValueError, match="w_down"):
+        check_model(check_options("w4a16", 64), c, kernels=True)
+    check_model(check_options("w4a16", 32), c, kernels=True)
 
 
 def test_generate_with_int8_weights_on_the_cpu(tiny_model, capsys):
@@ -49,7 +63,7 @@ def test_status_lists_what_each_quant_mode_uses(capsys):
     assert cli.main(["status", "--track", "solutions"]) == 0
     out = capsys.readouterr().out
     assert "--quant w8a16" in out and "--quant w8a8" in out and "quantize_weights" in out \
-        and "coming on day 47" in out and "--kv-int8" in out and "paged_decode_attention_int8" in out \
+        and "--quant w4a16" in out and "--quant gguf" in out and "--kv-int8" in out and "paged_decode_attention_int8" in out \
         and "solutions/day_44" in out, out[-1500:]
 
 
@@ -169,3 +183,103 @@ def test_bench_runs_the_int8_kv_engine_in_the_same_run(tiny_model, tmp_path):
     assert int8["kv"] * 64 == fp32["kv"] * 18 and int8["weights"] == fp32["weights"]
     assert 0 <= q["greedy_tokens_equal_to_unquantized"] <= 4
     assert "--kv-int8" in (tmp_path / "bench.md").read_text()
+
+
+def test_engine_w4a16_is_the_model_with_dequantized_weights(tiny_model, track):
+    """Engine(quant="w4a16") on the CPU reference path: every matrix is a Q4Weight (the parts row
+    views of the fused ones), and the greedy tokens and logits are those of the fp32 engine whose
+    matrices are the dequantized 4-bit ones."""
+    from shared.engine import Engine
+    from shared.q4 import Q4Weight, dequantize as dequantize_q4
+    from shared.weights import fuse_projections
+    q = Engine(str(tiny_model), track=track, dtype="fp32", quant="w4a16")
+    L = q.weights.layers[0]
+    assert all(isinstance(t, Q4Weight) for t in (L.wqkv, L.wq, L.wk, L.wv, L.wo, L.w_gate_up, L.w_gate, L.w_up,
+                                                 L.w_down, q.weights.lm_head))
+    assert L.wq.qs.data_ptr() == L.wqkv.qs.data_ptr()
+    d = Engine(str(tiny_model), track=track, dtype="fp32")
+    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            setattr(Ld, name, dequantize_q4(getattr(Lq, name)))
+        Ld.wqkv = Ld.w_gate_up = None
+    d.weights.lm_head = dequantize_q4(q.weights.lm_head)
+    fuse_projections(d.weights)
+    ids = q.prompt_ids("four-bit weights")
+    assert list(q.generate_ids(ids, max_new_tokens=10)) == list(d.generate_ids(ids, max_new_tokens=10))
+    torch.testing.assert_close(q.forward(ids), d.forward(ids), atol=1e-4, rtol=1e-4)
+
+
+def _tiny_gguf(tiny_model, tmp_path):
+    """A copy of the tiny model folder with a Q4_1 GGUF of its layer matrices (llama.cpp's q/k row
+    order), written with the gguf package: what `tinyinfer model prepare` keeps beside SmolLM2."""
+    import shutil
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+    from shared.models import GGUF_LAYER
+    d = tmp_path / "tiny_gguf"
+    shutil.copytree(tiny_model, d)
+    t = load_file(str(d / "model.safetensors"))
+    heads, kv = 4, 2
+    w = gguf.GGUFWriter(str(d / "model.Q4_1.gguf"), "llama")
+
+    def permute(a, n):        # HF -> llama.cpp (the inverse of shared.models._unpermute)
+        return a.reshape(n, 2, a.shape[0] // n // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+    for i in range(2):
+        for short, hf in GGUF_LAYER.items():
+            if short.endswith("norm"):
+                continue
+            a = t[f"model.layers.{i}.{hf}.weight"].astype(np.float32)
+            a = permute(a, heads) if short == "attn_q" else permute(a, kv) if short == "attn_k" else a
+            q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q4_1)
+            w.add_tensor(f"blk.{i}.{short}.weight", q, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return d
+
+
+def test_engine_gguf_reads_the_q4_1_blocks_as_they_are(tiny_model, tmp_path, track):
+    """Engine(quant="gguf") on the CPU reference path, on a tiny GGUF written here: every layer
+    matrix a Q4Weight whose dequantized values are the gguf package's own dequantization (q/k rows
+    back in HF's order); the greedy tokens those of the fp32 engine with those dequantized matrices."""
+    from shared.engine import Engine
+    from shared.q4 import Q4Weight, dequantize as dequantize_q4
+    from shared.weights import fuse_projections
+    model = _tiny_gguf(tiny_model, tmp_path)
+    q = Engine(str(model), track=track, dtype="fp32", quant="gguf")
+    L = q.weights.layers[0]
+    assert all(isinstance(t, Q4Weight) for t in (L.wqkv, L.wq, L.wk, L.wv, L.wo, L.w_gate_up, L.w_down))
+    assert isinstance(q.weights.lm_head, torch.Tensor)              # not in the file: as loaded
+    d = Engine(str(model), track=track, dtype="fp32")
+    err = (dequantize_q4(L.wq) - d.weights.layers[0].wq).abs().max()
+    assert err < 0.5 * float(L.wq.d.float().abs().max()) + 1e-6, f"wq off by {float(err)}: q/k rows in the wrong order?"
+    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            setattr(Ld, name, dequantize_q4(getattr(Lq, name)))
+        Ld.wqkv = Ld.w_gate_up = None
+    fuse_projections(d.weights)
+    ids = q.prompt_ids("blocks as they are")
+    assert list(q.generate_ids(ids, max_new_tokens=8)) == list(d.generate_ids(ids, max_new_tokens=8))
+
+
+def test_gguf_of_another_block_type_is_refused(tiny_model, tmp_path):
+    """A GGUF whose layer matrices are Q8_0: one line naming the types found and the supported one."""
+    import gguf
+    import numpy as np
+    from shared.engine.q4_model import load_gguf
+    from shared.engine import Engine
+    e = Engine(str(tiny_model), dtype="fp32")
+    path = tmp_path / "q8.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    a = np.zeros((64, 64), dtype=np.float32)
+    w.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="Q8_0.*Q4_1|Q4_1.*Q8_0") as err:
+        load_gguf(e.weights, path)
+    assert "\n" not in str(err.value)

@@ -120,6 +120,22 @@ def weight_bytes(weights) -> int:
     return total
 
 
+def q4_bytes(out: dict, weights) -> dict:
+    """decode_bytes' unquantized count with the weights and scales of the 4-bit matrices the model
+    holds (day 47): 16 bytes of nibbles per 32 weights, an fp16 d and m per group; the matrices
+    still in the model dtype (an lm_head kept, or SmolLM2's tied Q8_0 embedding) as they are."""
+    from shared.q4 import Q4Weight
+    mats = [weights.lm_head] + [m for L in weights.layers for m in (L.wqkv, L.wo, L.w_gate_up, L.w_down)]
+    out = dict(out, weights=0, scales=0)
+    for m in mats:
+        if isinstance(m, Q4Weight):
+            out["weights"] += m.qs.numel()
+            out["scales"] += m.d.nbytes + m.m.nbytes
+        else:
+            out["weights"] += m.numel() * m.element_size()
+    return out
+
+
 def bytes_per_token(engine, context: int) -> dict:
     """The track's decode_bytes (day 42, else the reference) for this engine's model, dtype and
     quantization, at `context` positions: {kind: bytes}. w8a8 stores the weights and scales of
@@ -128,6 +144,8 @@ def bytes_per_token(engine, context: int) -> dict:
     from shared.course import registry
     fn = registry.resolve("decode_bytes", engine.track)
     q = engine.quant
+    if q is not None and q.mode in ("w4a16", "gguf"):   # day 47: count the Q4Weights the engine holds
+        return q4_bytes(fn(engine.config, None, context=context, dtype_bytes=engine.dtype.itemsize), engine.weights)
     mode = None if q is None else "w8a16" if q.mode == "w8a8" else q.mode
     out = fn(engine.config, mode, context=context,
              group_size=None if q is None else q.group_size, head=True if q is None else q.head,
@@ -288,6 +306,10 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
     from shared.engine.quant import check_options
     qopts = check_options(quant, quant_group, quant_head, kv_int8)     # one line before any model loads
     model = model or ("tiny" if gpu.SIM else "smollm2")
+    if qopts is not None and qopts.mode == "gguf":           # the model's GGUF: one line before any kernel
+        from shared import models
+        from shared.engine.q4_model import check_gguf
+        check_gguf(models.resolve(model))
     engine = Engine(model, track=track, dtype=dtype, graphs=False)
     d = GPU_DEFAULTS if engine.on_gpu else CPU_DEFAULTS
     new_tokens = new_tokens or d["new_tokens"]

@@ -41,6 +41,9 @@ class ModelFileError(ModelError, ValueError):
         super().__init__(f"{path}: {' '.join(str(problem).split())}")
 
 
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"    # kept in the prepared folder (~98 MB)
+
+
 def home() -> Path:
     return Path(os.environ.get("TINYINFER_HOME", Path.home() / ".cache" / "tinyinfer"))
 
@@ -95,6 +98,7 @@ def prepare_smollm2(from_gguf: str | os.PathLike | None = None, force: bool = Fa
         gguf_path = from_gguf or _check_gguf(_download_gguf(tmp))
         staging = tmp / "model"
         gguf_to_hf(gguf_path, staging)
+        shutil.copyfile(gguf_path, staging / GGUF_NAME)   # day 47's --quant gguf reads its Q4_1 blocks
         (staging / ".complete").write_text(SMOLLM2_SHA256 + "\n")
         if out.exists():
             shutil.rmtree(out)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shared.config import ModelConfig
+from shared.q4 import Q4Weight
 from shared.quant import QuantWeight
 
 LAYER_NAMES = {
@@ -77,10 +78,12 @@ class ModelWeights:
 
 def _views_of(whole, parts: list) -> bool:
     """Whether parts are, in order, consecutive row slices of `whole` (same storage, same data);
-    for a QuantWeight, whether the parts' int8 values are row slices of its values."""
+    for a QuantWeight (Q4Weight), whether the parts' int8 values (nibble bytes) are row slices of its own."""
     if isinstance(whole, QuantWeight):
         return all(isinstance(p, QuantWeight) for p in parts) and _views_of(whole.q, [p.q for p in parts])
-    if whole is None or any(isinstance(p, QuantWeight) for p in parts) \
+    if isinstance(whole, Q4Weight):            # day 47's 4-bit weights: the nibble bytes
+        return all(isinstance(p, Q4Weight) for p in parts) and _views_of(whole.qs, [p.qs for p in parts])
+    if whole is None or any(isinstance(p, (QuantWeight, Q4Weight)) for p in parts) \
             or sum(p.shape[0] for p in parts) != whole.shape[0]:
         return False
     row, start = whole.stride(0) * whole.element_size(), whole.data_ptr()
@@ -94,7 +97,7 @@ def _views_of(whole, parts: list) -> bool:
 
 def _fuse(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The rows of parts in one new contiguous matrix, and each part as a row-slice view of it."""
-    if any(isinstance(p, QuantWeight) for p in parts):
+    if any(isinstance(p, (QuantWeight, Q4Weight)) for p in parts):
         raise ValueError("fuse_projections: a projection is quantized on its own; quantize after fusing "
                          "(day 42's quantize_weights quantizes wqkv and w_gate_up whole)")
     whole = torch.cat(parts, dim=0)

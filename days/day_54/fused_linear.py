@@ -12,7 +12,8 @@ the GEMVs on either side can do them as a prologue and an epilogue:
   12's RoPE as the epilogue).
 - linear_add(x, w, h): h += x @ w.T in place. Day 11's GEMV whose row owner adds its sum to h[n].
 Both take fp16 / fp32 weights; a QuantWeight (int8, --quant w8a16) goes to the previous day that
-provides the name (day 42's int8 kernels with the same fusions), as day 48's linear hands it to day 41.
+provides the name (day 42's int8 kernels with the same fusions), as day 48's linear hands it to day 41;
+a Q4Weight (4-bit, --quant w4a16 / gguf) likewise, to day 47's unfused norm_linear / linear_add.
 
 Lesson: notes/day_54_fusion.md ("Folding the norm and the add into the GEMV")
 Check: pytest checkers/day_54
@@ -22,6 +23,7 @@ import math
 
 import torch
 
+from shared.q4 import Q4Weight
 from shared.quant import QuantWeight
 from shared.runtime import gpu  # chooses GPU or simulator before numba loads
 from numba import cuda, float32
@@ -179,7 +181,7 @@ def norm_linear(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch
     rope together, or a block_size that is not a power of two from 32 to 1024.
     A QuantWeight w goes to previous("norm_linear") (given).
     """
-    if isinstance(w, QuantWeight):                # int8 weights: day 42's kernels
+    if isinstance(w, (QuantWeight, Q4Weight)):    # int8 weights: day 42's kernels; 4-bit: day 47's
         return previous("norm_linear")(h, norm_weight, eps, w, gated=gated, rope=rope)
     # TODO(day 54): validate with _rows / _check_block (the norm weight: [in] of h's dtype; gated:
     # an even number of rows; rope: positions int32 [T], inv_freq fp32 [hd2], heads * 2 * hd2 <= rows,
@@ -203,7 +205,7 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, *, block_size:
     must land in h itself), or a bad block_size / warps_per_row (powers of two, as day 11).
     A QuantWeight w goes to previous("linear_add") (given).
     """
-    if isinstance(w, QuantWeight):                # int8 weights: day 42's kernels
+    if isinstance(w, (QuantWeight, Q4Weight)):    # int8 weights: day 42's kernels; 4-bit: day 47's
         return previous("linear_add")(x, w, h)
     # TODO(day 54): validate (h [T, out] of x's dtype, contiguous; block_size and warps_per_row as
     # day 11); nothing to launch when T, N or K is 0. Pick warps_per_row as day 11 does when it is

@@ -94,11 +94,14 @@ class Engine:
         ops = self.ops
         if self.quant is not None:          # what the model must have: from its config, before any kernel
             quant_modes.check_model(self.quant, ops.load_config(self.model_dir), kernels=not self.reference_only)
+            if self.quant.mode == "gguf":
+                from shared.engine.q4_model import check_gguf
+                check_gguf(self.model_dir)
         self.tokenizer = ops.Tokenizer(self.model_dir)
         self.weights = ops.load_model(self.model_dir, dtype=self.dtype, device=self.device)
         self.config = self.weights.config
         self.weights.inv_freq = ops.rope_frequencies(self.config).to(self.device)
-        quant_modes.apply(ops, self.weights, self.quant)       # int8 matrices, once (after fusing)
+        quant_modes.apply(ops, self.weights, self.quant, self.model_dir)   # int8 / 4-bit matrices, once
         self.use_cache = self.caps.cache if use_cache is None else use_cache
         self.use_graphs = self.caps.graphs if graphs is None else graphs
         if self.use_graphs and not self.caps.graphs:

@@ -20,6 +20,14 @@ to the day that builds it; only the modes whose day exists run, the others say w
   or none, not with --speculative (day 33's verify reads fp16 pools); it needs the paged cache
   (not --no-paged / --no-cache) and, on a GPU or with
   --simulate, a finished day 44. The CPU reference runs it too (quantize, dequantize, attend).
+- w4a16 (day 47): every matrix of the fused model 4-bit, Q4_1 style (an fp16 scale d and minimum
+  m per group of 32 columns, `--quant-group G` for another multiple of 32: value = d * nibble + m),
+  quantized at load by shared/q4.py's quantize_q4; the lm_head too unless `--no-quant-head`.
+- gguf (day 47): the model folder's GGUF file read as it is: its Q4_1 blocks become the layer
+  matrices without a requantization (shared/engine/q4_model.py); the embedding / lm_head and the
+  norms stay as the engine loads them (SmolLM2's embedding is Q8_0 in the file). Both run day 47's
+  `linear` (the 4-bit GEMV at T == 1; T > 1 dequantizes per call) and, on day 54's decode step,
+  day 47's unfused norm_linear / linear_add around it. The CPU reference dequantizes, then multiplies.
 Checks happen before any model loads (the mode, the flags) or right after its config is read
 (a group that does not divide a matrix), so a mistake is one line and no kernel has run.
 """
@@ -34,7 +42,10 @@ MODES = {
     "w4a16": (47, "4-bit weights in groups, 16-bit activations"),
     "gguf": (47, "the GGUF file's own Q4_1 blocks, read directly"),
 }
-RUNS = ("w8a16", "w8a8")         # the modes this engine has today
+RUNS = ("w8a16", "w8a8", "w4a16", "gguf")     # the modes this engine has today
+Q4_MODES = ("w4a16", "gguf")      # day 47: Q4Weight matrices
+Q4_DAY = 47
+Q4_BLOCK = 32                     # 4-bit weights come in blocks of 32: a group is a multiple of it
 KV_INT8_DAY = 44
 VEC = 16                          # int8 weights per 16-byte load: a group must be a multiple of it
 MAX_IN = 11_312                   # day 42's int8 GEMVs keep x in shared memory (48 KB): at most this many columns
@@ -47,6 +58,11 @@ class QuantOptions:
     head: bool                    # quantize the lm_head too
 
     def describe(self) -> str:
+        if self.mode == "gguf":
+            return "gguf (the GGUF's Q4_1 blocks as they are; embedding, lm_head and norms as loaded)"
+        if self.mode == "w4a16":
+            return (f"w4a16 ({MODES['w4a16'][1]}, groups of {self.group_size or Q4_BLOCK}, "
+                    f"lm_head {'4-bit' if self.head else 'kept'})")
         scales = "per channel" if self.group_size is None else f"groups of {self.group_size}"
         return f"{self.mode} ({MODES[self.mode][1]}, {scales}, lm_head {'int8' if self.head else 'kept'})"
 
@@ -76,6 +92,13 @@ def check_options(mode: str | None, group_size: int | None = None, head: bool = 
         raise ValueError(f"unknown --quant {mode!r}: use " + ", ".join(MODES) + f" (today: {', '.join(RUNS)})")
     if mode not in RUNS:
         raise ValueError(coming(mode))
+    if mode == "gguf" and (group_size is not None or not head):
+        raise ValueError("--quant gguf runs the file's own blocks (32 weights each) and keeps its lm_head as loaded: "
+                         "drop --quant-group / --no-quant-head (or use --quant w4a16)")
+    if mode == "w4a16" and group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                                       or group_size < Q4_BLOCK or group_size % Q4_BLOCK):
+        raise ValueError(f"--quant-group for w4a16 must be a multiple of {Q4_BLOCK} (4-bit weights come in blocks of "
+                         f"{Q4_BLOCK}), e.g. 32, 64 or 128; got {group_size}")
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
                                    or group_size < VEC or group_size % VEC):
         raise ValueError(f"--quant-group must be a multiple of {VEC} (a 16-byte load of int8 weights stays in one "
@@ -119,11 +142,16 @@ def check_model(options: QuantOptions | None, config, kernels: bool) -> None:
     """What the model must have for these options, from its config alone (before any kernel runs):
     a group size that divides the `in` of every matrix it quantizes; with kernels (a GPU or the
     simulator, not the CPU reference), rows short enough for the int8 GEMVs' shared memory."""
-    if options is None:
+    if options is None or options.mode == "gguf":      # gguf: the file's shapes, checked as it loads
         return
     for name, (_, cols) in matrices(config).items():
         if name == "lm_head" and not options.head:
             continue
+        group = Q4_BLOCK if options.mode == "w4a16" and options.group_size is None else options.group_size
+        if options.mode == "w4a16" and cols % group:
+            raise ValueError(f"--quant w4a16: groups of {group} do not divide {name}'s in = {cols} of this model "
+                             f"(rows are whole groups): use --quant-group with a multiple of {Q4_BLOCK} that divides "
+                             f"{cols}" + ("" if name != "lm_head" else ", or --no-quant-head"))
         if options.group_size is not None and cols % options.group_size:
             raise ValueError(f"--quant-group {options.group_size} does not divide {name}'s in = {cols} of this model: "
                              f"use a group size that divides {cols} (e.g. {next(g for g in (128, 64, 32, 16) if cols % g == 0 or g == 16)}), "
@@ -138,6 +166,11 @@ def check_track(options: QuantOptions | None, track: str, reference_only: bool) 
     if options is None or reference_only:
         return
     from shared.course import registry
+    if options.mode in Q4_MODES:
+        if Q4_DAY not in registry.finished(track):
+            raise ValueError(f"--quant {options.mode} on the {track} track needs a finished day {Q4_DAY} (linear for "
+                             "4-bit weights): finish it, or run without a GPU and --simulate (the CPU reference)")
+        return
     if options.mode == "w8a8":
         if 43 not in registry.finished(track):
             raise ValueError(f"--quant w8a8 on the {track} track needs a finished day 43 (linear for int8 activations): "
@@ -165,10 +198,16 @@ def int8_activations(weights):
     return weights
 
 
-def apply(ops, weights, options: QuantOptions | None):
-    """Quantize the model in place, once, at load time (after fusing): returns weights."""
+def apply(ops, weights, options: QuantOptions | None, model_dir=None):
+    """Quantize the model in place, once, at load time (after fusing): returns weights. gguf reads
+    the GGUF file of `model_dir` (check_gguf has found it before the model loaded)."""
     if options is None:
         return weights
+    if options.mode in Q4_MODES:
+        from shared.engine import q4_model
+        if options.mode == "gguf":
+            return q4_model.load_gguf(weights, q4_model.check_gguf(model_dir))
+        return q4_model.quantize_model(weights, options.group_size or Q4_BLOCK, options.head)
     from shared.weights import fuse_projections
     fuse_projections(weights)
     ops.quantize_weights(weights, ops, **options.quantize_kwargs())
@@ -180,9 +219,11 @@ def add_arguments(p) -> None:
     later = ", ".join(f"{m} day {d}" for m, (d, _) in MODES.items() if m not in RUNS)
     p.add_argument("--quant", default=None, metavar="MODE", help=f"quantized weights: {' / '.join(RUNS)} (day 42: "
                    "int8 weights with a float32 scale per row, quantized at load time; day 43: w8a8, the activations "
-                   f"int8 per token too, dp4a); coming: {later}")
+                   "int8 per token too, dp4a; day 47: w4a16, 4-bit groups with an fp16 scale and minimum, and gguf, "
+                   "the model's GGUF Q4_1 blocks read directly)" + (f"; coming: {later}" if later else ""))
     p.add_argument("--quant-group", type=int, default=None, metavar="G", help="--quant: a scale per group of G "
-                   "columns (a multiple of 16 that divides every matrix's in) instead of one per row")
+                   "columns (a multiple of 16 that divides every matrix's in) instead of one per row; w4a16: a multiple "
+                   "of 32, default 32")
     p.add_argument("--no-quant-head", action="store_true", help="--quant: keep the lm_head in the model dtype "
                    "(it is quantized too by default)")
     p.add_argument("--kv-int8", action="store_true", help=f"an int8 KV cache (day {KV_INT8_DAY}): one int8 row and "
@@ -203,6 +244,17 @@ def status_lines(track: str) -> list[str]:
     fused = (registry.source("forward", track).day or 0) >= 54      # day 54's forward: norm_linear, linear_add
     lines = []
     for mode, (day, what) in MODES.items():
+        if mode in Q4_MODES:
+            ready = Q4_DAY in registry.finished(track)
+            lines.append(f"  --quant {mode:<6} {what}" + (":" if ready else
+                         f" (on the GPU it needs a finished day {Q4_DAY}; the CPU reference runs it now):"))
+            load = "at load: the GGUF's Q4_1 blocks" if mode == "gguf" else "at load: quantize_q4 (shared/q4.py)"
+            for name, role in (("linear", f"{load}; the 4-bit GEMV at T == 1, dequantize per call above"),
+                               ("norm_linear", "decode: the track's norm, the 4-bit linear, RoPE / SwiGLU (unfused)"),
+                               ("linear_add", "decode: the 4-bit linear, the residual add (unfused)")):
+                src = int8_source(name, track, Q4_DAY)
+                lines.append(f"      {name:<18} {src.describe(track):<22} {role}")
+            continue
         if mode not in RUNS:
             lines.append(f"  --quant {mode:<6} coming on day {day} ({what})")
             continue

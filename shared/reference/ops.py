@@ -11,6 +11,7 @@ import math
 import torch
 
 from shared.config import ModelConfig
+from shared.q4 import Q4Weight, linear_q4
 from shared.quant import QuantWeight
 
 
@@ -75,7 +76,10 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def linear(x: torch.Tensor, w) -> torch.Tensor:
     """y = x @ w.T; x [T, in], w [out, in] -> [T, out]. No bias (Llama has none). w may be a
     QuantWeight (days 40-41): then day 41's oracle, dequantize and multiply in float32; one whose
-    activations are int8 (W8A8, day 43): x quantized per token, an exact integer product, then the scales."""
+    activations are int8 (W8A8, day 43): x quantized per token, an exact integer product, then the scales.
+    A Q4Weight (day 47, 4-bit Q4_1 blocks): dequantize (d * nibble + m) and multiply in float32."""
+    if isinstance(w, Q4Weight):
+        return linear_q4(x, w)
     if isinstance(w, QuantWeight):
         from shared.reference.quant import linear_w8a8, linear_w8a16
         return linear_w8a8(x, w) if w.int8_activations else linear_w8a16(x, w)
