@@ -17,7 +17,7 @@ import torch
 
 from shared import reference as ref
 from shared.course import registry
-from shared.course.testing import assert_deterministic, cuda_time_ms, no_host_reads, poison_, randn, record_bench
+from shared.course.testing import assert_deterministic, cold_copies, graph_ms, no_host_reads, poison_, randn, record_bench
 from shared.quant import QuantWeight, dequantize
 
 DAY = 41
@@ -420,27 +420,6 @@ def test_graph_replay_equals_eager(day, device):
     assert torch.equal(out, eager), "linear(x, QuantWeight) replayed from a CUDA graph differs from the eager call"
 
 
-def graph_ms(calls, reps=5):
-    """GPU milliseconds per call, replayed from a CUDA graph of all the calls (no Python launch cost)."""
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    return cuda_time_ms(graph.replay, reps) / len(calls)
-
-
-def cold(make, nbytes, calls=20):
-    """Enough copies that they overflow the L2 cache three times over: each call reads its weight
-    from HBM, as a decode step does (every layer has its own)."""
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    n = max(1, math.ceil(3 * l2 / nbytes))
-    copies = [make() for _ in range(n)]
-    return [copies[i % n] for i in range(max(n, calls))]
-
-
 @pytest.mark.gpu
 @pytest.mark.bench
 def test_bench_w8a16_vs_fp16_gemv(day, device):
@@ -456,8 +435,8 @@ def test_bench_w8a16_vs_fp16_gemv(day, device):
         qw = ref.quantize_int8(w)
         x = randn(1, K, seed=K, dtype=torch.float16, device=device)
         check(day, x, qw, f"linear bench {K}->{N}")
-        fp16 = cold(lambda: w.clone(), w.numel() * 2)
-        int8 = cold(lambda: QuantWeight(qw.q.clone(), qw.scale.clone(), None, K, "symmetric", "channel",
+        fp16 = cold_copies(lambda: w.clone(), w.numel() * 2)
+        int8 = cold_copies(lambda: QuantWeight(qw.q.clone(), qw.scale.clone(), None, K, "symmetric", "channel",
                                         torch.float16), qw.nbytes)
         t16 = graph_ms([lambda w=w: day.linear(x, w) for w in fp16])
         t8 = graph_ms([lambda w=w: day.linear(x, w) for w in int8])

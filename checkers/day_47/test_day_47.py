@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from shared import reference as ref
-from shared.course.testing import assert_deterministic, cuda_time_ms, no_host_reads, poison_, randn, record_bench
+from shared.course.testing import assert_deterministic, cold_copies, graph_ms, no_host_reads, poison_, randn, record_bench
 from shared.q4 import BLOCK, Q4Weight, dequantize, from_gguf_blocks, nibbles, pack, quantize_q4, to_gguf_blocks
 
 DAY = 47
@@ -295,17 +295,22 @@ def test_real_shapes_16_byte_loads(day, device, N, K, block_size, wpr):
 @pytest.mark.gpu
 @pytest.mark.bench
 def test_bench_w4a16_vs_fp16_gemv(day, device):
-    """Same run: the 4-bit GEMV vs the fp16 one (day 11's via the previous linear) on the 1B
-    shapes; the issue's goal is 2.5x on the decode step, asserted here at a conservative floor."""
+    """Same run: the 4-bit GEMV vs the fp16 one (the previous linear) on the 1B shapes, each
+    graph-replayed (the GPU's time, not Python's launch cost) with its weights cold in L2 (as in a
+    decode step, every layer reads its own); the issue's goal is 2.5x on the decode step,
+    asserted here at a conservative floor."""
     results = {}
     for N, K in [(2048, 2048), (8192, 2048), (128256, 2048)]:
         wt = randn(N, K, seed=1, dtype=torch.float16, device=device)
         w = quantize_q4(wt)
         x = randn(1, K, seed=2, dtype=torch.float16, device=device)
-        t16 = cuda_time_ms(lambda: day.linear(x, wt))
-        t4 = cuda_time_ms(lambda: day.linear(x, w))
+        fp16 = cold_copies(lambda: wt.clone(), N * K * 2)
+        q4 = cold_copies(lambda: Q4Weight(w.qs.clone(), w.d.clone(), w.m.clone(), w.group_size, w.dtype), w.nbytes)
+        t16 = graph_ms([lambda c=c: day.linear(x, c) for c in fp16])
+        t4 = graph_ms([lambda c=c: day.linear(x, c) for c in q4])
         results[f"{N}x{K}"] = {"fp16_ms": t16, "w4a16_ms": t4, "speedup": t16 / t4,
                                "GBps_w4": w.nbytes / t4 / 1e6}
+        del fp16, q4
     record_bench("day_47_w4a16_gemv", {"shapes": results, "goal": 2.5, "floor": 1.3,
                                        "goal_met": all(r["speedup"] >= 2.5 for r in results.values())})
     for s, r in results.items():

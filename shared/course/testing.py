@@ -129,6 +129,30 @@ def cuda_time_ms(fn, reps: int = 50) -> float:
     return start.elapsed_time(end) / reps
 
 
+def graph_ms(calls, reps: int = 5) -> float:
+    """GPU milliseconds per call, Python's launch cost left out: the calls captured once in a CUDA
+    graph (how the engine replays a decode step, day 23), the graph replayed `reps` times."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return cuda_time_ms(graph.replay, reps) / len(calls)
+
+
+def cold_copies(make, nbytes: int, calls: int = 20) -> list:
+    """Enough copies of a weight (`make()` returns one of `nbytes`) that they overflow the L2 cache
+    three times over, cycled to at least `calls` entries: each call reads its weight from HBM, as
+    a decode step does (every layer has its own)."""
+    import math
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    n = max(1, math.ceil(3 * l2 / nbytes))
+    copies = [make() for _ in range(n)]
+    return [copies[i % n] for i in range(max(n, calls))]
+
+
 def graph_us(fn, calls: int = 20, reps: int = 20) -> float:
     """Microseconds per call of fn, replayed from a CUDA graph of `calls` calls: the GPU's time,
     not Python's launch overhead (the engine runs its decode step inside day 23's graph too)."""
