@@ -404,6 +404,41 @@ def test_tiny_model_prefill_logits_unchanged(day, ops, table, weights, device):
         f"(the first prompt's 3 blocks), got {on.cached_tokens}"
 
 
+def test_tiny_model_prefill_many_shares_a_prefix_new_to_the_pool(day, ops, table, weights, device):
+    """prefill_many with the prefix cache (what day 49's _admit calls): prompts sharing a system
+    prompt that is NOT cached yet, in one call, give the logits of each prompt from scratch; the
+    first computes the shared blocks, the others hit them in a second forward (two forwards for
+    the call, not one per prompt); a refused call changes nothing."""
+    off, on = runners(day, ops, table, weights, device, 24)
+    rng = random.Random(5001)
+    V = weights.config.vocab_size
+    system = [rng.randrange(3, V) for _ in range(8)]             # 2 full blocks of 4
+    prompts = [system + [5, 6, 7, 8], [9, 8, 7], system + [1], system, system + [5, 6, 7, 8, 3]]
+    forwards, inner = [], on.ops.forward
+    on.ops._cache["forward"] = lambda *a, **k: forwards.append(1) or inner(*a, **k)
+    try:
+        got = on.prefill_many(list(enumerate(prompts)))
+    finally:
+        on.ops._cache["forward"] = inner
+    assert tuple(got.shape) == (len(prompts), V)
+    for i, p in enumerate(prompts):
+        want = off.prefill(i, p)
+        assert torch.allclose(got[i], want, atol=1e-4, rtol=1e-4), \
+            f"prompt {i} ({len(p)} tokens) in one prefill_many with the prefix cache differs by " \
+            f"{float((got[i] - want).abs().max()):.2e} from a prefill from scratch"
+    assert len(forwards) == 2, f"{len(forwards)} forwards: the prompts new to the pool run as one, the hits as a second"
+    assert on.cached_tokens == 8 + 7 + 12, \
+        f"cached prompt tokens: 8 (the system blocks), 7 (all but the last token), 12 (prompt 0's 3 blocks), got {on.cached_tokens}"
+    ids, nxt = [0, 2, 3, 4], [rng.randrange(3, V) for _ in range(4)]       # the KV of the hits: the next step
+    torch.testing.assert_close(on.decode(ids, nxt), off.decode(ids, nxt), rtol=1e-4, atol=1e-4)
+    free = on.num_free
+    with pytest.raises(OutOfBlocksError):
+        on.prefill_many([("a", system + [1] * 30), ("b", system + [2] * 30)])
+    with pytest.raises(ValueError):
+        on.prefill_many([("a", [5, 6]), (0, [7])])               # sequence 0 is held already
+    assert on.num_free == free and on.cached_tokens == 27, "a refused prefill_many must change nothing"
+
+
 def test_tiny_model_outputs_unchanged_with_the_prefix_cache(day, ops, table, weights, device):
     """Requests sharing a system prompt, through day 49's scheduler (the reference), in a pool small
     enough to preempt (a preempted request's recompute hits its own blocks) and to evict: every

@@ -71,73 +71,74 @@ class BatchRunner:
         """The prompt's K/V into the pool; logits [vocab] of its next token."""
         if self.prefix is None:
             return self.decoder.prefill(seq_id, ids)
-        ids, c = list(ids), self.cache
-        self._check_prompt(ids)
-        start = self.prefix.allocate_prompt(seq_id, ids)     # ValueError / OutOfBlocksError: nothing changed
-        for src, dst in self.prefix.take_copies():          # a fully cached prompt's last block, every layer
-            c.k[:, dst].copy_(c.k[:, src])
-            c.v[:, dst].copy_(c.v[:, src])
-        self.cached_tokens += start
-        attend = SuffixAttend(c, [self.prefix.slot(seq_id, p) for p in range(len(ids))],
-                              self.prefix.block_table(seq_id), start)
-        dev = c.device
-        with torch.inference_mode():
-            return self.ops.forward(self.weights, torch.tensor(ids[start:], dtype=torch.int32, device=dev),
-                                    torch.arange(start, len(ids), dtype=torch.int32, device=dev), self.ops, attend,
-                                    logits_at=slice(-1, None))[0]
+        return self.prefill_many([(seq_id, ids)])[0]
 
     def prefill_many(self, items) -> torch.Tensor:
         """Several new prompts in one forward: items = [(seq_id, ids), ...] -> logits [n, vocab], row
         i the next token's of items[i]. A prefill is launch-bound (each kernel launch costs tens of
         microseconds from Python, whatever T is), so n prompts as one stream of tokens cost about
         one prefill: the linear layers see all their tokens at once, only attention runs per prompt.
-        A failing call changes nothing. With the prefix cache the prompts run one by one: a prompt
-        may hit blocks that another prompt of the same call has not computed yet."""
+        With the prefix cache each prompt computes only its uncached suffix; a prompt that hits
+        blocks another prompt of this call has yet to compute starts a second forward (a "wave")
+        after them. All or nothing: everything is checked before a block is taken."""
         items = [(s, list(ids)) for s, ids in items]
         if not items:
             raise ValueError("prefill_many takes at least one (seq_id, ids) pair")
-        if len(items) == 1 or self.prefix is not None:
-            out, done = [], []
-            try:
-                for s, ids in items:
-                    out.append(self.prefill(s, ids))
-                    done.append(s)
-            except Exception:
-                for s in done:
-                    self.free(s)
-                raise
-            return torch.stack(out)
+        if len(items) == 1 and self.prefix is None:
+            return self.decoder.prefill(*items[0])[None]
         c, a = self.cache, self.cache.allocator
         if len({s for s, _ in items}) != len(items):
             raise ValueError(f"a sequence appears twice in one prefill: {[s for s, _ in items]}")
-        for _, ids in items:
+        for s, ids in items:
             self._check_prompt(ids)
+            if self.prefix is not None and s in self.prefix.tables:     # (without: allocate says so, undone below)
+                raise ValueError(f"sequence {s!r} is allocated already: free it first")
         need = sum(self.blocks_to_prefill(len(ids)) for _, ids in items)
         if need > a.num_free:
             raise OutOfBlocksError(f"these {len(items)} prompts need {need} KV blocks but only {a.num_free} of "
                                    f"{c.num_blocks} are free: prefill fewer at once")
-        done = []
+        waves, written, done = [[]], set(), []
         try:
             for s, ids in items:
-                a.allocate(s, len(ids))                     # ValueError for a held sequence: undone below
+                if self.prefix is None:
+                    a.allocate(s, len(ids))
+                    start, copies = 0, []
+                else:
+                    start, copies = self.prefix.allocate_prompt(s, ids), self.prefix.take_copies()
                 done.append(s)
-        except Exception:
+                table = a.block_table(s)
+                reads = set(table[:start // c.block_size]) | {src for src, _ in copies}
+                if reads & written:                 # its cached blocks are this wave's to compute
+                    waves.append([])
+                    written = set()
+                waves[-1].append((s, ids, start, table, copies))
+                written |= set(table[start // c.block_size:])
+        except Exception:                           # a held sequence (checked above with the prefix cache)
             for s in done:
                 a.free(s)
             raise
-        bs, slots, positions, bounds = c.block_size, [], [], []
-        for s, ids in items:
-            table, T = a.block_table(s), len(ids)
-            slots += [table[p // bs] * bs + p % bs for p in range(T)]
-            positions += range(T)
-            bounds.append((len(positions) - T, len(positions)))
-        dev = c.device
-        ids = torch.tensor([t for _, seq in items for t in seq], dtype=torch.int32).to(dev)
-        attend = PromptsAttend(c, torch.tensor(slots, dtype=torch.int32).to(dev), bounds)
-        last = torch.tensor([e - 1 for _, e in bounds]).to(dev)
+        self.cached_tokens += sum(start for wave in waves for _, _, start, _, _ in wave)
+        return torch.cat([self._forward_wave(wave) for wave in waves])
+
+    def _forward_wave(self, wave) -> torch.Tensor:
+        """One forward over the uncached suffixes of a wave's prompts, as one stream of tokens."""
+        c, bs, dev = self.cache, self.cache.block_size, self.cache.device
+        for _, _, _, _, copies in wave:             # a fully cached prompt's last block, every layer
+            for src, dst in copies:
+                c.k[:, dst].copy_(c.k[:, src])
+                c.v[:, dst].copy_(c.v[:, src])
+        tokens, slots, positions, parts = [], [], [], []
+        for _, ids, start, table, _ in wave:
+            tokens += ids[start:]
+            slots += [table[p // bs] * bs + p % bs for p in range(start, len(ids))]
+            positions += range(start, len(ids))
+            parts.append((len(positions) - (len(ids) - start), len(positions), start, table, len(ids)))
+        attend = PromptsAttend(c, torch.tensor(slots, dtype=torch.int32).to(dev), parts)
+        last = torch.tensor([e - 1 for _, e, _, _, _ in parts]).to(dev)
         with torch.inference_mode():
-            return self.ops.forward(self.weights, ids, torch.tensor(positions, dtype=torch.int32).to(dev),
-                                    self.ops, attend, logits_at=last)
+            return self.ops.forward(self.weights, torch.tensor(tokens, dtype=torch.int32).to(dev),
+                                    torch.tensor(positions, dtype=torch.int32).to(dev), self.ops, attend,
+                                    logits_at=last)
 
     def decode(self, seq_ids, tokens) -> torch.Tensor:
         """Row i: the logits after tokens[i] for seq_ids[i]; overwritten by the next step."""
@@ -165,39 +166,29 @@ class BatchRunner:
 
 class PromptsAttend:
     """The attend of several prompts run as one stream of tokens: every k, v goes to its slot in
-    one write, then each prompt's queries attend over its own keys only (bounds: [start, end) of
-    each prompt in the stream)."""
+    one write, then each prompt's queries attend over its own keys only. parts: (begin, end) of
+    the prompt in the stream, how many of its first positions were in the pool already (prefix
+    cache hits), its block table and its length. A prompt with none attends over its fresh k, v;
+    one with some over every position of the sequence, gathered from its blocks (attention aligns
+    the causal mask to the end)."""
 
-    def __init__(self, cache, slots, bounds):
-        self.cache, self.slots, self.bounds = cache, slots, bounds
-
-    def __call__(self, layer, q, k, v, positions):
-        c = self.cache
-        c.ops.paged_kv_write(c.k[layer], c.v[layer], k, v, self.slots)
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        for s, e in self.bounds:
-            out[s:e] = c.ops.attention(q[s:e], k[s:e], v[s:e])
-        return out
-
-
-class SuffixAttend:
-    """The attend of a prefill whose first `start` positions are in the pool already (prefix cache
-    hits): write the suffix's k, v at its slots, then attend its queries over every position of
-    the sequence, gathered from its blocks (attention aligns the causal mask to the end)."""
-
-    def __init__(self, cache, slots, table, start: int):
-        self.cache, self.start, self.end = cache, start, len(slots)
+    def __init__(self, cache, slots, parts):
+        self.cache, self.slots, self.parts = cache, slots, parts
         dev = cache.device
-        self.slots = torch.tensor(slots[start:], dtype=torch.int32).to(dev)
-        self.blocks = torch.tensor(table, dtype=torch.long).to(dev)
+        self.blocks = [torch.tensor(table, dtype=torch.long).to(dev) if start else None
+                       for _, _, start, table, _ in parts]
 
     def __call__(self, layer, q, k, v, positions):
         c = self.cache
         kp, vp = c.k[layer], c.v[layer]
         c.ops.paged_kv_write(kp, vp, k, v, self.slots)
-        if self.start == 0:
-            return c.ops.attention(q, k, v)
-        n, KV, bs, hd = len(self.blocks), kp.shape[1], kp.shape[2], kp.shape[3]
-        keys = kp[self.blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:self.end]
-        values = vp[self.blocks].transpose(1, 2).reshape(n * bs, KV, hd)[:self.end]
-        return c.ops.attention(q, keys, values)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        KV, bs, hd = kp.shape[1], kp.shape[2], kp.shape[3]
+        for (s, e, start, _, n), blocks in zip(self.parts, self.blocks):
+            if not start:
+                out[s:e] = c.ops.attention(q[s:e], k[s:e], v[s:e])
+                continue
+            keys = kp[blocks].transpose(1, 2).reshape(len(blocks) * bs, KV, hd)[:n]
+            values = vp[blocks].transpose(1, 2).reshape(len(blocks) * bs, KV, hd)[:n]
+            out[s:e] = c.ops.attention(q[s:e], keys, values)
+        return out
