@@ -98,11 +98,12 @@ def test_readme_day_table_matches_syllabus():
 
 
 def test_every_checker_fails_against_the_untouched_stubs(tmp_path):
-    """One pytest run of all published checkers on the days track (the stubs): each day must fail."""
+    """One pytest run of all published checkers on the days track (the stubs): each day must fail
+    (shared/course/first_failure.py skips a day's other tests after its first failure)."""
     xml = tmp_path / "stubs.xml"
     env = dict(os.environ, TINYINFER_PROGRESS=str(tmp_path / "progress.json"), TINYINFER_TRACK="days")
     subprocess.run([sys.executable, "-m", "pytest", *[f"checkers/{d.tag}" for d in PUBLISHED], "--track", "days",
-                    "-q", "-p", "no:cacheprovider", "-p", "no:xdist", f"--junitxml={xml}", "-m", "not gpu and not bench"],
+                    "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "shared.course.first_failure", f"--junitxml={xml}", "-m", "not gpu and not bench"],
                    cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     failed = {d.number: 0 for d in PUBLISHED}
     for case in ET.parse(xml).getroot().iter("testcase"):
