@@ -121,13 +121,15 @@ def _decode_once(engine, prompt_ids):
 def test_decode_step_reads_nothing_back_to_the_host(tiny_model, track):
     """Every component the track resolves, on the decode path, with .item()/int()/.tolist()/.cpu()/
     bool() made to raise: what a CUDA graph capture forbids (the simulator has no sync-debug mode).
-    `linear` is the reference here only because a simulated GEMV of every weight takes minutes;
-    day 11's checker runs the learner's linear under the same guard."""
+    The GEMVs (`linear`, day 54's `norm_linear` / `linear_add`) are the reference here only because
+    a simulated GEMV of every weight takes minutes; days 11 and 54 run the learner's under the
+    same guard."""
     from shared import reference
     from shared.course.testing import no_host_reads
     from shared.engine import Engine
     engine = Engine(str(tiny_model), track=track, dtype="fp32", simulate=True)
-    engine.ops._cache["linear"] = reference.linear
+    for name in ("linear", "norm_linear", "linear_add"):
+        engine.ops._cache[name] = getattr(reference, name)
     assert engine.use_cache, "the decode step under test is the cached one"
     step = _decode_once(engine, [5, 70])          # short: every kernel runs in the simulator
     with no_host_reads():
