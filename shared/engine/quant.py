@@ -223,9 +223,8 @@ def apply(ops, weights, options: QuantOptions | None, model_dir=None, calibratio
     if options is None:
         return weights
     if options.mode in SMOOTH_MODES:
-        from shared.course.registry import Ops
-        from shared.engine.smooth import smooth_model
-        weights.smoothing = smooth_model(Ops(track), weights, calibration, options.alpha)
+        from shared.engine import smooth
+        weights.smoothing = smooth.smooth_model(smooth.smoothing_ops(track), weights, calibration, options.alpha)
     if options.mode in Q4_MODES:
         from shared.engine import q4_model
         if options.mode == "gguf":

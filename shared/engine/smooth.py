@@ -27,6 +27,12 @@ CAL_WINDOW = 512       # calibration windows: at most this many tokens per forwa
 PAIRS = (("attn_norm", ("wq", "wk", "wv")), ("mlp_norm", ("w_gate", "w_up")))   # norm -> what reads its output
 
 
+def smoothing_ops(track: str | None):
+    """Where channel_max, smooth and fold_smoothing come from: the track's (the registry's rule)."""
+    from shared.course.registry import Ops
+    return Ops(track)
+
+
 def calibration_ids(tokenizer, n: int = CAL_TOKENS, text=None) -> list[int]:
     """The last n tokens of `text` (default: the shipped text, shared/texts/)."""
     from shared.quality import TEXT
