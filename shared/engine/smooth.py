@@ -42,7 +42,7 @@ def calibration_ids(tokenizer, n: int = CAL_TOKENS, text=None) -> list[int]:
 
 def check_calibration(ids, vocab_size: int) -> list[int]:
     """One line for calibration tokens the forward cannot run."""
-    ids = [int(i) for i in ids]
+    ids = [int(i) for i in ids] if ids is not None else []
     if not ids:
         raise ValueError("smoothing needs calibration tokens: none given")
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
