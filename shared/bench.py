@@ -6,7 +6,7 @@
 - `hf_benchmark(...)`: the same numbers for HF transformers (eager attention, greedy generate).
 - `run(...)` / `main(argv)`: build the engines, measure, and write bench.json, bench.md and two
   PNG plots into an output folder. Runs on the CPU with `--model tiny` and tiny lengths.
-  `--quant w8a16` (day 42; `w8a8`, day 43) adds the int8 engine to the same run: its graph and
+  `--quant w8a16` (day 42; `w8a8`, day 43; `w8a8-smooth`, day 46) adds the int8 engine to the same run: its graph and
   eager rows, its ratio to the fp16 rows, its kernels, and how many greedy tokens it shares with the fp16 engine.
   `--kv-int8` (day 44, alone or with --quant) does the same for the engine with an int8 KV cache,
   and reports the bytes of both engines' KV pools.
@@ -138,15 +138,15 @@ def q4_bytes(out: dict, weights) -> dict:
 
 def bytes_per_token(engine, context: int) -> dict:
     """The track's decode_bytes (day 42, else the reference) for this engine's model, dtype and
-    quantization, at `context` positions: {kind: bytes}. w8a8 stores the weights and scales of
-    w8a16, so it is counted as w8a16 (its int8 copies of the activations, a byte per input value
+    quantization, at `context` positions: {kind: bytes}. w8a8 (and w8a8-smooth) stores the weights
+    and scales of w8a16, so it is counted as w8a16 (its int8 copies of the activations, a byte per input value
     and a scale per token, are left out: a few KB against the weights' MBs)."""
     from shared.course import registry
     fn = registry.resolve("decode_bytes", engine.track)
     q = engine.quant
     if q is not None and q.mode in ("w4a16", "gguf"):   # day 47: count the Q4Weights the engine holds
         return q4_bytes(fn(engine.config, None, context=context, dtype_bytes=engine.dtype.itemsize), engine.weights)
-    mode = None if q is None else "w8a16" if q.mode == "w8a8" else q.mode
+    mode = None if q is None else "w8a16" if q.mode in ("w8a8", "w8a8-smooth") else q.mode
     out = fn(engine.config, mode, context=context,
              group_size=None if q is None else q.group_size, head=True if q is None else q.head,
              dtype_bytes=engine.dtype.itemsize)
@@ -295,7 +295,8 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
         out_dir="build/bench/latest", hf: bool = True, naive: bool = True, naive_max_context: int = 2048,
         graphs: bool | None = None, benchmark_fn=None, progress: bool = True, peer: bool = False,
         llama_bench: str | None = None, gguf: str | None = None, quant: str | None = None,
-        quant_group: int | None = None, quant_head: bool = True, kv_int8: bool = False) -> dict:
+        quant_group: int | None = None, quant_head: bool = True, kv_int8: bool = False,
+        smooth_alpha: float | None = None) -> dict:
     """Benchmark the engine -- graph-replayed decode, eager decode, prefix recompute -- and HF in
     one run; write the report. model None: SmolLM2 on a GPU, tiny without one. quant: also the
     engine with quantized weights (its graph and eager rows), in the same run; kv_int8: with an int8
@@ -304,7 +305,7 @@ def run(model: str | None = None, *, track: str | None = None, dtype: str | None
     from shared.runtime import gpu  # chooses the tier before numba loads
     from shared.engine import Engine
     from shared.engine.quant import check_options
-    qopts = check_options(quant, quant_group, quant_head, kv_int8)     # one line before any model loads
+    qopts = check_options(quant, quant_group, quant_head, kv_int8, smooth_alpha)   # one line before any model loads
     model = model or ("tiny" if gpu.SIM else "smollm2")
     if qopts is not None and qopts.mode == "gguf":           # the model's GGUF: one line before any kernel
         from shared import models
@@ -386,7 +387,8 @@ def quantized(model, track, dtype, qopts, engine, results, meta, benchmark_fn, *
     shares with the unquantized engine."""
     from shared.engine import Engine
     q = Engine(model, track=track, dtype=dtype, graphs=False, quant=qopts and qopts.mode,
-               quant_group=qopts and qopts.group_size, quant_head=qopts.head if qopts else True, kv_int8=kv_int8)
+               quant_group=qopts and qopts.group_size, quant_head=qopts.head if qopts else True, kv_int8=kv_int8,
+               smooth_alpha=qopts and qopts.alpha)
     middle = meta["decode_bytes"]["context"]
     mode = "+".join(([qopts.mode] if qopts else []) + (["kv-int8"] if kv_int8 else []))
     flags = " ".join(([f"--quant {qopts.mode}"] if qopts else []) + (["--kv-int8"] if kv_int8 else []))
@@ -637,7 +639,7 @@ def run_speculative(args: argparse.Namespace) -> dict:
                                  ("--prompt-tokens", args.prompt_tokens), ("--peer", args.peer),
                                  ("--llama-bench", args.llama_bench), ("--gguf", args.gguf), ("--quant", args.quant),
                                  ("--quant-group", args.quant_group), ("--no-quant-head", args.no_quant_head),
-                                 ("--kv-int8", args.kv_int8)) if v]
+                                 ("--kv-int8", args.kv_int8), ("--smooth-alpha", args.smooth_alpha is not None)) if v]
     if bench_only:
         raise ValueError(f"--speculative runs its own prompts and engines: drop {', '.join(bench_only)}")
     report = spec_bench.run(args.model, track=args.track, dtype=args.dtype,
@@ -655,14 +657,15 @@ def run_args(args: argparse.Namespace) -> dict:
     if getattr(args, "speculative", None) is not None:
         return run_speculative(args)
     from shared.engine.quant import check_options
-    check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)   # one line, before any model
+    check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8,
+                  args.smooth_alpha)                    # one line, before any model
     report = run(args.model, track=args.track, dtype=args.dtype, contexts=args.contexts,
                  prompt_lengths=args.prompt_lengths, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                  warmup=args.warmup, out_dir=args.out, hf=not args.no_hf, naive=not args.no_naive,
                  graphs=False if args.no_graph else None,
                  naive_max_context=args.naive_max_context, peer=args.peer, llama_bench=args.llama_bench,
                  gguf=args.gguf, quant=args.quant, quant_group=args.quant_group, quant_head=not args.no_quant_head,
-                 kv_int8=args.kv_int8)
+                 kv_int8=args.kv_int8, smooth_alpha=args.smooth_alpha)
     print(markdown(report))
     print(f"wrote {args.out}/bench.json, bench.md, decode_vs_context.png, prefill_vs_prompt.png")
     return report

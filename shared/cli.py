@@ -261,7 +261,7 @@ def check_quant(args):
         check_kv_int8(args.kv_int8, use_cache=False if getattr(args, "no_cache", False) else None,
                       paged=False if getattr(args, "no_paged", False) else None,
                       speculative=getattr(args, "speculative", None))
-        return check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8)
+        return check_options(args.quant, args.quant_group, not args.no_quant_head, args.kv_int8, args.smooth_alpha)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -297,7 +297,8 @@ def cmd_generate(args) -> int:
                     block_size=args.block_size if args.block_size is not None else DEFAULT_BLOCK_SIZE,
                     num_blocks=args.num_blocks, speculative=args.speculative, spec_k=spec_k,
                     draft_layers=args.draft_layers, draft_model=args.draft_model, quant=args.quant,
-                    quant_group=args.quant_group, quant_head=not args.no_quant_head, kv_int8=args.kv_int8)
+                    quant_group=args.quant_group, quant_head=not args.no_quant_head, kv_int8=args.kv_int8,
+                    smooth_alpha=args.smooth_alpha)
     print(f"[{engine.describe()}]", file=sys.stderr)
     from shared import models
     if Path(engine.model_dir).resolve() == (models.home() / models.TINY_DIR).resolve():

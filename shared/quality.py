@@ -1,7 +1,7 @@
 """`tinyinfer perplexity`: does a quantized engine still compute the model? (day 45)
 
-Each mode (the model dtype, --quant w8a16 / w8a8, --kv-int8, or a mode joined with +) gets its own
-engine, one after the other in one run, and two numbers:
+Each mode (the model dtype, --quant w8a16 / w8a8 / w8a8-smooth / ..., --kv-int8, or a mode joined
+with +) gets its own engine, one after the other in one run, and two numbers:
 - perplexity on the shipped public-domain text (shared/texts/), in strided windows, with the
   track's `perplexity` (day 45). A window is scored as the engine decodes: its first token, then
   the rest on top of the cache, so every row but the first reads its keys and values back from
@@ -10,6 +10,9 @@ engine, one after the other in one run, and two numbers:
 - greedy agreement with the unquantized engine over the benchmark prompts (shared/spec_prompts.py),
   with the track's `greedy_agreement`: the share of the baseline's tokens reproduced before the
   first difference.
+With a smoothing mode (w8a8-smooth, day 46) the text's last `--calibration-tokens` tokens (512)
+calibrate it and EVERY row scores only the tokens before them: no row is scored on the tokens
+that calibrated the smoothing, and all rows score the same tokens.
 perplexity.json, perplexity.md and perplexity.png in --out. Without a GPU the CPU reference runs
 every mode (dequantize, then matmul; quantize, then dequantize the KV rows): the oracle a GPU run
 is compared with. Modes whose day has not come yet are listed, not run.
@@ -27,7 +30,7 @@ from shared.engine import quant as quant_modes
 
 TEXT = Path(__file__).resolve().parent / "texts" / "founding_documents.txt"
 KV = "kv-int8"
-DEFAULT_MODES = ("w8a16", "w8a8", KV)
+DEFAULT_MODES = ("w8a16", "w8a8", "w8a8-smooth", KV)
 TARGET = 0.01            # issue 17: w8a16 and kv-int8 perplexity within 1% of the unquantized engine's
 TARGET_MODES = ("w8a16", KV)
 
@@ -60,11 +63,12 @@ def engine_options(mode: str) -> dict:
     return {"quant": weights[0] if weights else None, "kv_int8": KV in parts}
 
 
-def check(window, stride, max_tokens, new_tokens, per_family) -> None:
+def check(window, stride, max_tokens, new_tokens, per_family, calibration_tokens=None) -> None:
     """One line for numbers that cannot run, before any model loads (the track's check_windows
     decides window and stride once the text's length is known)."""
     for name, v, low in (("--window", window, 2), ("--stride", stride, 1), ("--max-tokens", max_tokens, 2),
-                         ("--new-tokens", new_tokens, 0), ("--prompts-per-family", per_family, 0)):
+                         ("--new-tokens", new_tokens, 0), ("--prompts-per-family", per_family, 0),
+                         ("--calibration-tokens", calibration_tokens, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     if window is not None and stride is not None and stride >= window:
@@ -98,9 +102,17 @@ def load_text(path) -> str:
         raise ValueError(f"--text {path}: not UTF-8 text") from None
 
 
+def split_calibration(ids: list[int], n: int) -> tuple[list[int], list[int]]:
+    """(the tokens to score, the calibration tokens): the last n calibrate, the rest is scored."""
+    if len(ids) - n < 2:
+        raise ValueError(f"the text has {len(ids)} tokens: holding out {n} for calibration leaves fewer than 2 to "
+                         "score; use a longer --text or a smaller --calibration-tokens")
+    return ids[:-n], ids[-n:]
+
+
 def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=None, text=None,
         max_tokens=None, new_tokens=None, per_family=None, quant_group=None, quant_head=True,
-        progress=True) -> dict:
+        smooth_alpha=None, calibration_tokens=None, progress=True) -> dict:
     """Every mode's perplexity and greedy agreement; returns the report (see markdown())."""
     from tqdm import tqdm
     from shared import spec_prompts
@@ -108,21 +120,32 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
     from shared.engine import Engine
     from shared.runtime import gpu
     modes = parse_modes(modes) if isinstance(modes, str) or modes is None else parse_modes(",".join(modes))
-    check(window, stride, max_tokens, new_tokens, per_family)
+    check(window, stride, max_tokens, new_tokens, per_family, calibration_tokens)
     if quant_group is not None or not quant_head:
         quant_modes.check_options("w8a16", quant_group, quant_head)
+    smoothed = [m for m in modes if engine_options(m)["quant"] in quant_modes.SMOOTH_MODES]
+    if not smoothed and (smooth_alpha is not None or calibration_tokens is not None):
+        raise ValueError("--smooth-alpha and --calibration-tokens go with a w8a8-smooth mode")
+    if smoothed:
+        quant_modes.check_options(quant_modes.SMOOTH_MODES[0], smooth_alpha=smooth_alpha)
     text_path = Path(text) if text else TEXT
     body = load_text(text_path)
     base = Engine(model, track=track, dtype=dtype)
     track = base.track
     for mode in modes:                # what each mode needs on this track and model: one line before any scoring
         o = engine_options(mode)
-        q = quant_modes.check_options(o["quant"], quant_group, quant_head) if o["quant"] else None
+        alpha = smooth_alpha if o["quant"] in quant_modes.SMOOTH_MODES else None
+        q = quant_modes.check_options(o["quant"], quant_group, quant_head, smooth_alpha=alpha) if o["quant"] else None
         quant_modes.check_track(q, track, base.reference_only)
         quant_modes.check_kv_track(o["kv_int8"], track, base.reference_only)
         quant_modes.check_model(q, base.config, kernels=not base.reference_only)
     ops = Ops(track)                  # the track's perplexity / greedy_agreement (host Python, any tier)
     ids = base.tokenizer.encode(body)
+    calibration = None
+    if smoothed:                      # the calibration slice is held out of every row's scoring
+        from shared.engine.smooth import CAL_TOKENS
+        ids, calibration = split_calibration(ids, calibration_tokens or CAL_TOKENS)
+    text_tokens = len(ids) + len(calibration or [])
     if max_tokens:
         ids = ids[:max_tokens]
     window = window or min(1024, base.max_seq)
@@ -142,6 +165,9 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
                        "tokens": len(ids), "chars": len(body)},
               "window": window, "stride": stride, "new_tokens": new_tokens, "prompts": len(prompts),
               "target": {"modes": list(TARGET_MODES), "within": TARGET}, "rows": [],
+              "calibration": None if calibration is None else {
+                  "tokens": len(calibration), "first": text_tokens - len(calibration), "text_tokens": text_tokens,
+                  "scored": [0, len(ids)], "alpha": quant_modes.check_options(quant_modes.SMOOTH_MODES[0], smooth_alpha=smooth_alpha).alpha},
               "coming": [{"mode": m, "day": d, "what": w} for m, (d, w) in quant_modes.MODES.items()
                          if m not in quant_modes.RUNS]}
     bar = tqdm(total=(1 + len(modes)) * (n_windows + len(prompts)), desc="perplexity", unit="step",
@@ -151,6 +177,8 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
         options = engine_options(mode)
         if options["quant"]:
             options.update(quant_group=quant_group, quant_head=quant_head)
+        if options["quant"] in quant_modes.SMOOTH_MODES:
+            options.update(smooth_alpha=smooth_alpha, calibration=calibration)
         engine = base if mode == "base" else Engine(model, track=track, dtype=dtype, **options)
         bar.set_description(f"{mode if mode != 'base' else report['dtype']}")
         fn = scorer(engine, window)
@@ -208,6 +236,11 @@ def markdown(report: dict) -> str:
                      f"{ga} | {same} | {target} |")
     for c in report["coming"]:
         lines.append(f"| {c['mode']} | coming on day {c['day']} ({c['what']}) | | | | | |")
+    cal = report.get("calibration")
+    if cal:
+        lines += ["", f"Smoothing (alpha {cal['alpha']:g}) was calibrated on the text's last {cal['tokens']} tokens "
+                  f"({cal['first']}..{cal['text_tokens'] - 1}); every row scores tokens {cal['scored'][0]}.."
+                  f"{cal['scored'][1] - 1} only."]
     if not report["on_gpu"]:
         lines += ["", "On the CPU every mode runs the reference (dequantize, then matmul; the int8 KV rows "
                   "quantized, then dequantized): the numbers a GPU run should reproduce closely."]
@@ -253,14 +286,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", default=None, choices=["days", "solutions"], help="whose code runs (default: days)")
     p.add_argument("--dtype", choices=["fp16", "fp32"], default=None, help="default: fp16 on a GPU, fp32 on the CPU")
     p.add_argument("--modes", default=None, metavar="LIST", help="comma-separated modes to compare with the "
-                   f"unquantized engine: w8a16, w8a8, {KV}, or a weight mode + {KV} (default: "
-                   f"{','.join(DEFAULT_MODES)}; w4a16 and gguf come on day 47)")
+                   f"unquantized engine: {', '.join(quant_modes.RUNS)}, {KV}, or a weight mode + {KV} (default: "
+                   f"{','.join(DEFAULT_MODES)})")
     p.add_argument("--quant", default=None, metavar="MODE", help="shorthand: compare only this weight mode "
                    f"(with {KV} too if --kv-int8 is given)")
     p.add_argument("--kv-int8", action="store_true", help=f"shorthand: compare {KV} (with --quant: the two together)")
     p.add_argument("--quant-group", type=int, default=None, metavar="G", help="the weight modes: a scale per group "
                    "of G columns instead of one per row")
     p.add_argument("--no-quant-head", action="store_true", help="the weight modes: keep the lm_head unquantized")
+    quant_modes.add_alpha_argument(p)
+    p.add_argument("--calibration-tokens", type=int, default=None, metavar="N", help="w8a8-smooth: the text's last "
+                   "N tokens calibrate the smoothing and are scored in no row (default 512)")
     p.add_argument("--window", type=int, default=None, metavar="W", help="tokens per window (default: 1024, "
                    "or the model's context if shorter)")
     p.add_argument("--stride", type=int, default=None, metavar="S", help="a window starts every S tokens "
@@ -289,7 +325,8 @@ def run_args(args: argparse.Namespace) -> dict:
     report = run(args.model, track=args.track, dtype=args.dtype, modes=modes_from_args(args), window=args.window,
                  stride=args.stride, text=args.text, max_tokens=args.max_tokens, new_tokens=args.new_tokens,
                  per_family=args.prompts_per_family, quant_group=args.quant_group,
-                 quant_head=not args.no_quant_head, progress=not args.no_progress)
+                 quant_head=not args.no_quant_head, smooth_alpha=args.smooth_alpha,
+                 calibration_tokens=args.calibration_tokens, progress=not args.no_progress)
     paths = write(report, args.out)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths))

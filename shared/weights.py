@@ -61,6 +61,7 @@ class ModelWeights:
     final_norm: torch.Tensor
     lm_head: torch.Tensor
     inv_freq: torch.Tensor | None = field(default=None)  # set by the engine from rope_frequencies
+    smoothing: dict | None = field(default=None)         # --quant w8a8-smooth: what day 46 computed (engine/smooth.py)
 
     @property
     def device(self) -> torch.device:

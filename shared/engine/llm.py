@@ -8,8 +8,9 @@ present; speculative decoding when asked for (`speculative="ngram"`, or `"draft"
 model: `draft_layers=L` of the target's own or `draft_model=DIR`; shared/engine/speculative.py)
 once day 35 is finished, with K chosen per round from the running acceptance (`spec_k="auto"`)
 once day 38 is; int8 weights when asked for (`quant="w8a16"`, quantized once at load time:
-shared/engine/quant.py); an int8 paged KV cache when asked for (`kv_int8=True`, day 44's
-`Int8PagedCache`). The per-step work is the runner's
+shared/engine/quant.py; `quant="w8a8-smooth"` smooths first, calibrated on `calibration` token ids,
+by default the shipped text's last 512: shared/engine/smooth.py); an int8 paged KV cache when asked
+for (`kv_int8=True`, day 44's `Int8PagedCache`). The per-step work is the runner's
 (shared/engine/runner.py); the per-request state is a Sequence.
 """
 from __future__ import annotations
@@ -56,14 +57,17 @@ class Engine:
                  num_blocks: int | None = None, async_decode: bool | None = None,
                  speculative: str | None = None, spec_k: int | str = DEFAULT_K, draft_layers: int | None = None,
                  draft_model: str | None = None, quant: str | None = None, quant_group: int | None = None,
-                 quant_head: bool = True, kv_int8: bool = False):
+                 quant_head: bool = True, kv_int8: bool = False, smooth_alpha: float | None = None,
+                 calibration: list[int] | None = None):
         from shared.runtime import gpu  # chooses the tier before numba loads
         self.track = track or default_track()
         self.caps = capabilities(self.track, gpu.TIER, simulate)
         self.on_gpu = not gpu.SIM
         self.reference_only = self.caps.reference_only
         check_draft(speculative, draft_layers, draft_model)    # one line before the model loads
-        self.quant = quant_modes.check_options(quant, quant_group, quant_head, kv_int8)
+        self.quant = quant_modes.check_options(quant, quant_group, quant_head, kv_int8, smooth_alpha)
+        if calibration is not None and (self.quant is None or self.quant.alpha is None):
+            raise ValueError("calibration tokens go with quant='w8a8-smooth' (they calibrate the smoothing)")
         quant_modes.check_track(self.quant, self.track, self.reference_only)
         quant_modes.check_kv_int8(kv_int8, use_cache=use_cache, paged=paged, speculative=speculative)
         quant_modes.check_kv_track(kv_int8, self.track, self.reference_only)
@@ -101,7 +105,11 @@ class Engine:
         self.weights = ops.load_model(self.model_dir, dtype=self.dtype, device=self.device)
         self.config = self.weights.config
         self.weights.inv_freq = ops.rope_frequencies(self.config).to(self.device)
-        quant_modes.apply(ops, self.weights, self.quant, self.model_dir)   # int8 / 4-bit matrices, once
+        if self.quant is not None and self.quant.alpha is not None and calibration is None:
+            from shared.engine.smooth import calibration_ids
+            calibration = calibration_ids(self.tokenizer)
+        quant_modes.apply(ops, self.weights, self.quant, self.model_dir, calibration=calibration,
+                          track=self.track)       # int8 / 4-bit matrices, once (smoothed first: w8a8-smooth)
         self.use_cache = self.caps.cache if use_cache is None else use_cache
         self.use_graphs = self.caps.graphs if graphs is None else graphs
         if self.use_graphs and not self.caps.graphs:
@@ -128,6 +136,9 @@ class Engine:
         k = f"auto {AUTO_K[0]}..{AUTO_K[1]}" if self.spec_k == "auto" else self.spec_k
         spec = f", speculative {self.speculative} (K={k}{self._describe_draft()})" if self.speculative else ""
         quant = f", {self.quant.describe()}" if self.quant else ""
+        if self.weights.smoothing is not None:
+            src = registry.source("smooth", self.track).describe(self.track)
+            quant += f", smoothed by {src} on {self.weights.smoothing['tokens']} calibration tokens"
         if self.kv_int8:
             quant += ", int8 KV cache (an fp16 scale per token and KV head)"
         return now.describe(str(self.dtype).removeprefix("torch.")) + quant + spec

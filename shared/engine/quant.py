@@ -14,6 +14,11 @@ to the day that builds it; only the modes whose day exists run, the others say w
   decode step's fused names take it unfused (day 43's norm_linear / linear_add: the track's norm,
   day 43's linear, the epilogue). The CPU reference quantizes the activations per token too, then
   an exact integer product, then the scales.
+- w8a8-smooth (day 46): w8a8 after SmoothQuant-style smoothing (shared/engine/smooth.py): at load,
+  per-channel activation maxima from calibration tokens (by default the shipped text's last 512),
+  then the track's `smooth` and `fold_smoothing` move part of each outlier channel into the
+  weights that read it (alpha: `--smooth-alpha`, default 0.5), folding 1/s into the RMSNorm weight
+  before them -- nothing extra at run time. Then exactly w8a8: the same kernels.
 - --kv-int8 (day 44): the paged KV cache stored as int8 rows with one fp16 scale per token and KV
   head (`ops.Int8PagedCache`: `paged_kv_write_int8` quantizes on write, `paged_decode_attention_int8`
   dequantizes in registers, a prompt attends over its fresh k, v). It goes with any --quant mode
@@ -39,10 +44,14 @@ from dataclasses import dataclass
 MODES = {
     "w8a16": (42, "int8 weights, activations in the model dtype"),
     "w8a8": (43, "int8 weights and per-token int8 activations (dp4a)"),
+    "w8a8-smooth": (46, "w8a8 after SmoothQuant-style smoothing (calibrated at load)"),
     "w4a16": (47, "4-bit weights in groups, 16-bit activations"),
     "gguf": (47, "the GGUF file's own Q4_1 blocks, read directly"),
 }
-RUNS = ("w8a16", "w8a8", "w4a16", "gguf")     # the modes this engine has today
+RUNS = ("w8a16", "w8a8", "w8a8-smooth", "w4a16", "gguf")     # the modes this engine has today
+INT8_ACTIVATIONS = ("w8a8", "w8a8-smooth")   # day 43's linear: activations int8 per token
+SMOOTH_MODES = ("w8a8-smooth",)               # day 46: smoothed before quantizing
+DEFAULT_ALPHA = 0.5                            # SmoothQuant's default migration strength
 Q4_MODES = ("w4a16", "gguf")      # day 47: Q4Weight matrices
 Q4_DAY = 47
 Q4_BLOCK = 32                     # 4-bit weights come in blocks of 32: a group is a multiple of it
@@ -56,6 +65,7 @@ class QuantOptions:
     mode: str                     # one of RUNS
     group_size: int | None        # None: one scale per row
     head: bool                    # quantize the lm_head too
+    alpha: float | None = None    # w8a8-smooth: the migration strength (None for the other modes)
 
     def describe(self) -> str:
         if self.mode == "gguf":
@@ -64,7 +74,8 @@ class QuantOptions:
             return (f"w4a16 ({MODES['w4a16'][1]}, groups of {self.group_size or Q4_BLOCK}, "
                     f"lm_head {'4-bit' if self.head else 'kept'})")
         scales = "per channel" if self.group_size is None else f"groups of {self.group_size}"
-        return f"{self.mode} ({MODES[self.mode][1]}, {scales}, lm_head {'int8' if self.head else 'kept'})"
+        smooth = f", alpha {self.alpha:g}" if self.alpha is not None else ""
+        return f"{self.mode} ({MODES[self.mode][1]}{smooth}, {scales}, lm_head {'int8' if self.head else 'kept'})"
 
     def quantize_kwargs(self) -> dict:
         """The options for quantize_weights: symmetric, per channel or per group."""
@@ -79,11 +90,14 @@ def coming(mode: str) -> str:
 
 
 def check_options(mode: str | None, group_size: int | None = None, head: bool = True,
-                  kv_int8: bool = False) -> QuantOptions | None:
+                  kv_int8: bool = False, smooth_alpha: float | None = None) -> QuantOptions | None:
     """The weight options as given, checked before any model loads: one-line ValueErrors. kv_int8
-    (--kv-int8) goes with any of them; its own checks are check_kv_int8's."""
+    (--kv-int8) goes with any of them; its own checks are check_kv_int8's. smooth_alpha goes with
+    w8a8-smooth only (None: DEFAULT_ALPHA)."""
     if not isinstance(kv_int8, bool):
         raise ValueError(f"kv_int8 is True or False, got {kv_int8!r}")
+    if smooth_alpha is not None and mode not in SMOOTH_MODES:
+        raise ValueError("--smooth-alpha goes with --quant " + " / ".join(SMOOTH_MODES))
     if mode is None:
         if group_size is not None or not head:
             raise ValueError("--quant-group and --no-quant-head go with --quant " + " / ".join(RUNS))
@@ -103,6 +117,9 @@ def check_options(mode: str | None, group_size: int | None = None, head: bool = 
                                    or group_size < VEC or group_size % VEC):
         raise ValueError(f"--quant-group must be a multiple of {VEC} (a 16-byte load of int8 weights stays in one "
                          f"group), e.g. 64 or 128; got {group_size}")
+    if mode in SMOOTH_MODES:
+        from shared.reference.smooth import check_alpha
+        return QuantOptions(mode, group_size, head, check_alpha(DEFAULT_ALPHA if smooth_alpha is None else smooth_alpha))
     return QuantOptions(mode, group_size, head)
 
 
@@ -171,9 +188,9 @@ def check_track(options: QuantOptions | None, track: str, reference_only: bool) 
             raise ValueError(f"--quant {options.mode} on the {track} track needs a finished day {Q4_DAY} (linear for "
                              "4-bit weights): finish it, or run without a GPU and --simulate (the CPU reference)")
         return
-    if options.mode == "w8a8":
+    if options.mode in INT8_ACTIVATIONS:
         if 43 not in registry.finished(track):
-            raise ValueError(f"--quant w8a8 on the {track} track needs a finished day 43 (linear for int8 activations): "
+            raise ValueError(f"--quant {options.mode} on the {track} track needs a finished day 43 (linear for int8 activations): "
                              "finish it, or run without a GPU and --simulate (the CPU reference)")
         return
     if 41 not in registry.finished(track):
@@ -198,11 +215,16 @@ def int8_activations(weights):
     return weights
 
 
-def apply(ops, weights, options: QuantOptions | None, model_dir=None):
+def apply(ops, weights, options: QuantOptions | None, model_dir=None, calibration=None, track=None):
     """Quantize the model in place, once, at load time (after fusing): returns weights. gguf reads
-    the GGUF file of `model_dir` (check_gguf has found it before the model loaded)."""
+    the GGUF file of `model_dir` (check_gguf has found it before the model loaded). w8a8-smooth
+    smooths first (shared/engine/smooth.py) with the track's day 46 names, on the calibration
+    token ids given; `weights.smoothing` keeps what it computed."""
     if options is None:
         return weights
+    if options.mode in SMOOTH_MODES:
+        from shared.engine import smooth
+        weights.smoothing = smooth.smooth_model(smooth.smoothing_ops(track), weights, calibration, options.alpha)
     if options.mode in Q4_MODES:
         from shared.engine import q4_model
         if options.mode == "gguf":
@@ -211,7 +233,7 @@ def apply(ops, weights, options: QuantOptions | None, model_dir=None):
     from shared.weights import fuse_projections
     fuse_projections(weights)
     ops.quantize_weights(weights, ops, **options.quantize_kwargs())
-    return int8_activations(weights) if options.mode == "w8a8" else weights
+    return int8_activations(weights) if options.mode in INT8_ACTIVATIONS else weights
 
 
 def add_arguments(p) -> None:
@@ -219,8 +241,9 @@ def add_arguments(p) -> None:
     later = ", ".join(f"{m} day {d}" for m, (d, _) in MODES.items() if m not in RUNS)
     p.add_argument("--quant", default=None, metavar="MODE", help=f"quantized weights: {' / '.join(RUNS)} (day 42: "
                    "int8 weights with a float32 scale per row, quantized at load time; day 43: w8a8, the activations "
-                   "int8 per token too, dp4a; day 47: w4a16, 4-bit groups with an fp16 scale and minimum, and gguf, "
-                   "the model's GGUF Q4_1 blocks read directly)" + (f"; coming: {later}" if later else ""))
+                   "int8 per token too, dp4a; day 46: w8a8-smooth, w8a8 after SmoothQuant-style smoothing; day 47: "
+                   "w4a16, 4-bit groups with an fp16 scale and minimum, and gguf, the model's GGUF Q4_1 blocks read "
+                   "directly)" + (f"; coming: {later}" if later else ""))
     p.add_argument("--quant-group", type=int, default=None, metavar="G", help="--quant: a scale per group of G "
                    "columns (a multiple of 16 that divides every matrix's in) instead of one per row; w4a16: a multiple "
                    "of 32, default 32")
@@ -228,6 +251,12 @@ def add_arguments(p) -> None:
                    "(it is quantized too by default)")
     p.add_argument("--kv-int8", action="store_true", help=f"an int8 KV cache (day {KV_INT8_DAY}): one int8 row and "
                    "an fp16 scale per token and KV head, about half the KV bytes; needs the paged cache")
+    add_alpha_argument(p)
+
+
+def add_alpha_argument(p) -> None:
+    p.add_argument("--smooth-alpha", type=float, default=None, metavar="A", help="--quant w8a8-smooth: the share "
+                   f"of each channel's range moved into the weights, 0..1 (default {DEFAULT_ALPHA})")
 
 
 def int8_source(name: str, track: str, day: int):
@@ -258,17 +287,24 @@ def status_lines(track: str) -> list[str]:
         if mode not in RUNS:
             lines.append(f"  --quant {mode:<6} coming on day {day} ({what})")
             continue
+        if mode in SMOOTH_MODES:
+            lines.append(f"  --quant {mode} {what}: at load, then w8a8's as above:")
+            for name, role in (("channel_max", "calibration: max |x| per channel of each norm's output"),
+                               ("smooth", "s per channel from those maxima and the weights' (alpha)"),
+                               ("fold_smoothing", "1/s into the norm weight, s into the matrices' columns")):
+                lines.append(f"      {name:<18} {registry.source(name, track).describe(track):<22} {role}")
+            continue
         uses = [("quantize_weights", registry.source("quantize_weights", track), "at load: the fused model's matrices to int8"),
                 ("quantize_int8", registry.source("quantize_int8", track), "the scales and int8 values")]
-        int8_day = 43 if mode == "w8a8" else 42       # the day whose norm_linear / linear_add take these weights
-        linear_day = 43 if mode == "w8a8" else 41
+        int8_day = 43 if mode in INT8_ACTIVATIONS else 42     # the day whose norm_linear / linear_add take these weights
+        linear_day = 43 if mode in INT8_ACTIVATIONS else 41
         if fused:
-            fused_role = ("decode: the track's norm, W8A8 linear, the epilogue (unfused)" if mode == "w8a8" else
+            fused_role = ("decode: the track's norm, W8A8 linear, the epilogue (unfused)" if mode in INT8_ACTIVATIONS else
                           "decode: norm, int8 GEMV, RoPE / SwiGLU")
             uses += [("norm_linear", int8_source("norm_linear", track, int8_day), fused_role),
                      ("linear_add", int8_source("linear_add", track, int8_day), "decode: int8 GEMV, residual add")]
         gemv = "prefill, verify, batches" if fused else "every int8 GEMV (the unfused forward)"
-        if mode == "w8a8":
+        if mode in INT8_ACTIVATIONS:
             gemv = "x to int8 per token, dp4a, scales: " + gemv
         uses += [("linear", int8_source("linear", track, linear_day), gemv),
                  ("decode_bytes", registry.source("decode_bytes", track), "bench: bytes per token, roofline")]

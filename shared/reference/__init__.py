@@ -25,6 +25,7 @@ from shared.reference.quant import linear_w8a8, quantize_activations
 from shared.reference.quant import decode_bytes, quantize_weights
 from shared.reference.kv_int8 import Int8PagedCache, paged_decode_attention_int8, paged_kv_write_int8
 from shared.reference.perplexity import greedy_agreement, perplexity
+from shared.reference.smooth import channel_max, fold_smoothing, smooth
 from shared.reference.batch import BatchDecoder, BatchedPagedCache, forward_batch
 from shared.reference.scheduler import Request, Scheduler, StepOutput, generate_all
 from shared.reference.prefix_cache import CachedBlock, PrefixCache
@@ -55,6 +56,7 @@ __all__ = ["KVCache", "generate", "load_config", "load_model", "load_safetensors
            "quantize_weights", "decode_bytes",
            "paged_kv_write_int8", "paged_decode_attention_int8", "Int8PagedCache",
            "perplexity", "greedy_agreement",
+           "channel_max", "smooth", "fold_smoothing",
            "BatchedPagedCache", "BatchDecoder", "forward_batch",
            "Scheduler", "generate_all", "Request", "StepOutput",
            "PrefixCache", "CachedBlock",
