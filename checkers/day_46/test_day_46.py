@@ -348,11 +348,13 @@ def fold_outliers(weights, c=40.0, n=3, seed=0):
         for norm, names in (("attn_norm", ("wq", "wk", "wv")), ("mlp_norm", ("w_gate", "w_up"))):
             f = torch.ones(K)
             f[torch.randperm(K, generator=g)[:n]] = c
+            f = f.to(getattr(L, norm).device)          # the engine's weights sit on the GPU there
             setattr(L, norm, getattr(L, norm) * f)
             for m in names:
                 setattr(L, m, getattr(L, m) / f)
         L.wqkv = L.w_gate_up = None
-    return weights
+    from shared.weights import fuse_projections
+    return fuse_projections(weights)           # day 54's fused forward (the GPU's) reads wqkv and w_gate_up
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.8])
