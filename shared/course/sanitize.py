@@ -192,9 +192,18 @@ def _day_44(m, device):
                                       block_size=block, merge_block=block)
 
 
+def _day_47(m, device):
+    torch, randn = _tensors(device)
+    from shared.q4 import Q4Weight, quantize_q4
+    for rows, cols, split in ((9, 96, 2), (5, 64, 1)):    # a row's warps add their partials in shared memory
+        w = quantize_q4(randn(rows, cols).cpu())
+        w = Q4Weight(w.qs.to(device), w.d.to(device), w.m.to(device), w.group_size, torch.float16)
+        m.linear(randn(1, cols, dtype=torch.float16), w, block_size=64, warps_per_row=split)
+
+
 EXERCISES = {3: _day_03, 4: _day_04, 5: _day_05, 10: _day_10, 11: _day_11, 13: _day_13, 14: _day_14,
              17: _day_17, 20: _day_20, 24: _day_24, 25: _day_25, 26: _day_26,
-             27: _day_27, 30: _day_30, 41: _day_41, 42: _day_42, 44: _day_44, 48: _day_48, 54: _day_54}
+             27: _day_27, 30: _day_30, 41: _day_41, 42: _day_42, 44: _day_44, 47: _day_47, 48: _day_48, 54: _day_54}
 
 
 def exercise(day: int, track: str) -> None:
