@@ -720,8 +720,9 @@ def check_sweep(report) -> dict:
 
 def prefix_comparison(day, track, model, tmp_path, *, flags, concurrency=16, requests=64, shared_prefix=1000,
                       prompt_words=32, plain_words=128) -> dict:
-    """TTFT p50 with a shared prefix, and tok/s with nothing shared, on a server without and with
-    --prefix-cache (the same prompts, the same seed)."""
+    """TTFT p50 with a shared prefix, and tok/s with nothing shared (twice the requests: a short run's
+    tok/s varied widely between two H100 calls, notes/bench/h100_session9), on a server without and
+    with --prefix-cache (the same prompts, the same seed)."""
     from shared import loadtest
     out = {}
     for cache in (False, True):
@@ -731,7 +732,8 @@ def prefix_comparison(day, track, model, tmp_path, *, flags, concurrency=16, req
             base = dict(url=srv.url + "/v1", levels=(concurrency,), requests=requests, api_key=KEY, seed=5)
             shared = loadtest.run(loadtest.Config(**base, max_tokens=32, prompt_lengths=(prompt_words,),
                                                   shared_prefix=shared_prefix), ops=day, progress=False, log=quiet)
-            plain = loadtest.run(loadtest.Config(**base, max_tokens=64, prompt_lengths=(plain_words,)),
+            plain = loadtest.run(loadtest.Config(**{**base, "requests": 2 * requests}, max_tokens=64,
+                                                 prompt_lengths=(plain_words,)),      # longer: tok/s steadier
                                  ops=day, progress=False, log=quiet)
         finally:
             srv.stop()
