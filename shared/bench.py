@@ -142,11 +142,12 @@ def bytes_per_token(engine, context: int) -> dict:
     and scales of w8a16, so it is counted as w8a16 (its int8 copies of the activations, a byte per input value
     and a scale per token, are left out: a few KB against the weights' MBs)."""
     from shared.course import registry
+    from shared.engine.quant import INT8_ACTIVATIONS, Q4_MODES
     fn = registry.resolve("decode_bytes", engine.track)
     q = engine.quant
-    if q is not None and q.mode in ("w4a16", "gguf"):   # day 47: count the Q4Weights the engine holds
+    if q is not None and q.mode in Q4_MODES:            # day 47: count the Q4Weights the engine holds
         return q4_bytes(fn(engine.config, None, context=context, dtype_bytes=engine.dtype.itemsize), engine.weights)
-    mode = None if q is None else "w8a16" if q.mode in ("w8a8", "w8a8-smooth") else q.mode
+    mode = None if q is None else "w8a16" if q.mode in INT8_ACTIVATIONS else q.mode
     out = fn(engine.config, mode, context=context,
              group_size=None if q is None else q.group_size, head=True if q is None else q.head,
              dtype_bytes=engine.dtype.itemsize)
