@@ -67,6 +67,20 @@ def test_status_lists_what_each_quant_mode_uses(capsys):
         and "solutions/day_44" in out, out[-1500:]
 
 
+def with_dequantized_matrices(engine, quantized, dequantize):
+    """`engine` (unquantized) with every layer matrix, and the lm_head if it is quantized there, replaced
+    by `quantized`'s, dequantized, then fused again: the model the quantized engine must compute."""
+    from shared.weights import fuse_projections
+    for Lq, Ld in zip(quantized.weights.layers, engine.weights.layers):
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+            setattr(Ld, name, dequantize(getattr(Lq, name)))
+        Ld.wqkv = Ld.w_gate_up = None
+    if not isinstance(quantized.weights.lm_head, torch.Tensor):     # gguf keeps the head as loaded
+        engine.weights.lm_head = dequantize(quantized.weights.lm_head)
+    fuse_projections(engine.weights)
+    return engine
+
+
 def test_engine_w8a16_is_the_model_with_dequantized_weights(tiny_model, track):
     """Engine(quant="w8a16") on the CPU reference path: every matrix the fused step reads is a
     QuantWeight (the parts views of the fused ones), norms and the embedding stay, and the greedy
@@ -77,14 +91,7 @@ def test_engine_w8a16_is_the_model_with_dequantized_weights(tiny_model, track):
     assert all(isinstance(t, QuantWeight) for t in (L.wqkv, L.wq, L.wk, L.wv, L.wo, L.w_gate_up, L.w_gate, L.w_up,
                                                      L.w_down, q.weights.lm_head))
     assert isinstance(q.weights.embed, torch.Tensor) and isinstance(L.attn_norm, torch.Tensor)
-    d = Engine(str(tiny_model), track=track, dtype="fp32")
-    from shared.weights import fuse_projections
-    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
-        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
-            setattr(Ld, name, dequantize(getattr(Lq, name)))
-        Ld.wqkv = Ld.w_gate_up = None
-    d.weights.lm_head = dequantize(q.weights.lm_head)
-    fuse_projections(d.weights)
+    d = with_dequantized_matrices(Engine(str(tiny_model), track=track, dtype="fp32"), q, dequantize)
     ids = q.prompt_ids("int8 weights, fp32 activations")
     assert list(q.generate_ids(ids, max_new_tokens=12)) == list(d.generate_ids(ids, max_new_tokens=12))
     torch.testing.assert_close(q.forward(ids), d.forward(ids), atol=1e-4, rtol=1e-4)
@@ -196,19 +203,12 @@ def test_engine_w4a16_is_the_model_with_dequantized_weights(tiny_model, track):
     matrices are the dequantized 4-bit ones."""
     from shared.engine import Engine
     from shared.q4 import Q4Weight, dequantize as dequantize_q4
-    from shared.weights import fuse_projections
     q = Engine(str(tiny_model), track=track, dtype="fp32", quant="w4a16")
     L = q.weights.layers[0]
     assert all(isinstance(t, Q4Weight) for t in (L.wqkv, L.wq, L.wk, L.wv, L.wo, L.w_gate_up, L.w_gate, L.w_up,
                                                  L.w_down, q.weights.lm_head))
     assert L.wq.qs.data_ptr() == L.wqkv.qs.data_ptr()
-    d = Engine(str(tiny_model), track=track, dtype="fp32")
-    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
-        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
-            setattr(Ld, name, dequantize_q4(getattr(Lq, name)))
-        Ld.wqkv = Ld.w_gate_up = None
-    d.weights.lm_head = dequantize_q4(q.weights.lm_head)
-    fuse_projections(d.weights)
+    d = with_dequantized_matrices(Engine(str(tiny_model), track=track, dtype="fp32"), q, dequantize_q4)
     ids = q.prompt_ids("four-bit weights")
     assert list(q.generate_ids(ids, max_new_tokens=10)) == list(d.generate_ids(ids, max_new_tokens=10))
     torch.testing.assert_close(q.forward(ids), d.forward(ids), atol=1e-4, rtol=1e-4)
@@ -251,7 +251,6 @@ def test_engine_gguf_reads_the_q4_1_blocks_as_they_are(tiny_model, tmp_path, tra
     back in HF's order); the greedy tokens those of the fp32 engine with those dequantized matrices."""
     from shared.engine import Engine
     from shared.q4 import Q4Weight, dequantize as dequantize_q4
-    from shared.weights import fuse_projections
     model = _tiny_gguf(tiny_model, tmp_path)
     q = Engine(str(model), track=track, dtype="fp32", quant="gguf")
     L = q.weights.layers[0]
@@ -260,11 +259,7 @@ def test_engine_gguf_reads_the_q4_1_blocks_as_they_are(tiny_model, tmp_path, tra
     d = Engine(str(model), track=track, dtype="fp32")
     err = (dequantize_q4(L.wq) - d.weights.layers[0].wq).abs().max()
     assert err < 0.5 * float(L.wq.d.float().abs().max()) + 1e-6, f"wq off by {float(err)}: q/k rows in the wrong order?"
-    for Lq, Ld in zip(q.weights.layers, d.weights.layers):
-        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
-            setattr(Ld, name, dequantize_q4(getattr(Lq, name)))
-        Ld.wqkv = Ld.w_gate_up = None
-    fuse_projections(d.weights)
+    with_dequantized_matrices(d, q, dequantize_q4)
     ids = q.prompt_ids("blocks as they are")
     assert list(q.generate_ids(ids, max_new_tokens=8)) == list(d.generate_ids(ids, max_new_tokens=8))
 
