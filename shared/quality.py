@@ -126,16 +126,15 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
     smoothed = [m for m in modes if engine_options(m)["quant"] in quant_modes.SMOOTH_MODES]
     if not smoothed and (smooth_alpha is not None or calibration_tokens is not None):
         raise ValueError("--smooth-alpha and --calibration-tokens go with a w8a8-smooth mode")
-    if smoothed:
-        quant_modes.check_options(quant_modes.SMOOTH_MODES[0], smooth_alpha=smooth_alpha)
+    alpha = quant_modes.check_options(quant_modes.SMOOTH_MODES[0], smooth_alpha=smooth_alpha).alpha if smoothed else None
     text_path = Path(text) if text else TEXT
     body = load_text(text_path)
     base = Engine(model, track=track, dtype=dtype)
     track = base.track
     for mode in modes:                # what each mode needs on this track and model: one line before any scoring
         o = engine_options(mode)
-        alpha = smooth_alpha if o["quant"] in quant_modes.SMOOTH_MODES else None
-        q = quant_modes.check_options(o["quant"], quant_group, quant_head, smooth_alpha=alpha) if o["quant"] else None
+        mode_alpha = smooth_alpha if o["quant"] in quant_modes.SMOOTH_MODES else None
+        q = quant_modes.check_options(o["quant"], quant_group, quant_head, smooth_alpha=mode_alpha) if o["quant"] else None
         quant_modes.check_track(q, track, base.reference_only)
         quant_modes.check_kv_track(o["kv_int8"], track, base.reference_only)
         quant_modes.check_model(q, base.config, kernels=not base.reference_only)
@@ -167,7 +166,7 @@ def run(model=None, *, track=None, dtype=None, modes=None, window=None, stride=N
               "target": {"modes": list(TARGET_MODES), "within": TARGET}, "rows": [],
               "calibration": None if calibration is None else {
                   "tokens": len(calibration), "first": text_tokens - len(calibration), "text_tokens": text_tokens,
-                  "scored": [0, len(ids)], "alpha": quant_modes.check_options(quant_modes.SMOOTH_MODES[0], smooth_alpha=smooth_alpha).alpha},
+                  "scored": [0, len(ids)], "alpha": alpha},
               "coming": [{"mode": m, "day": d, "what": w} for m, (d, w) in quant_modes.MODES.items()
                          if m not in quant_modes.RUNS]}
     bar = tqdm(total=(1 + len(modes)) * (n_windows + len(prompts)), desc="perplexity", unit="step",
