@@ -52,21 +52,19 @@ def cat_rows(parts: list[Q4Weight]) -> tuple[Q4Weight, list[Q4Weight]]:
     return whole, views
 
 
-def _set(weights, layer: dict) -> None:
-    """Point one layer's matrices at Q4Weights: wqkv, w_gate_up whole, the parts row views of them."""
-    L = weights.layers[layer.pop("index")]
+def _set(weights, index: int, layer: dict) -> None:
+    """Point layer `index`'s matrices at Q4Weights: wqkv, w_gate_up whole, the parts row views of them
+    (the fused fp16 ones, if any, are dropped: nothing needs fusing first)."""
+    L = weights.layers[index]
     L.wqkv, (L.wq, L.wk, L.wv) = cat_rows([layer["wq"], layer["wk"], layer["wv"]])
     L.w_gate_up, (L.w_gate, L.w_up) = cat_rows([layer["w_gate"], layer["w_up"]])
     L.wo, L.w_down = layer["wo"], layer["w_down"]
 
 
 def quantize_model(weights, group_size: int = 32, head: bool = True):
-    """--quant w4a16: every matrix of the (fused) model to a Q4Weight in place; returns weights."""
-    from shared.weights import fuse_projections
-    fuse_projections(weights)
+    """--quant w4a16: every matrix of the model to a Q4Weight in place; returns weights."""
     for i, L in enumerate(weights.layers):
-        parts = {name: quantize_q4(getattr(L, name), group_size) for name in GGUF_MATRIX.values()}
-        _set(weights, parts | {"index": i})
+        _set(weights, i, {name: quantize_q4(getattr(L, name), group_size) for name in GGUF_MATRIX.values()})
     if head:
         weights.lm_head = quantize_q4(weights.lm_head, group_size)
     return weights
@@ -108,8 +106,6 @@ def load_gguf(weights, path, device=None):
             any(set(v) != set(GGUF_MATRIX.values()) for v in layers.values()):
         raise ValueError(f"{path}: its layers do not match the model ({len(layers)} in the GGUF, "
                          f"{len(weights.layers)} loaded): is it the GGUF of this model?")
-    from shared.weights import fuse_projections
-    fuse_projections(weights)
     for i, parts in layers.items():
         L = weights.layers[i]
         for name, w in parts.items():
@@ -117,5 +113,5 @@ def load_gguf(weights, path, device=None):
                 raise ValueError(f"{path}: layer {i} {name} is {tuple(w.shape)} in the GGUF, "
                                  f"{tuple(getattr(L, name).shape)} in the model: is it the GGUF of this model?")
             parts[name] = Q4Weight(w.qs.to(device), w.d.to(device), w.m.to(device), w.group_size, w.dtype)
-        _set(weights, parts | {"index": i})
+        _set(weights, i, parts)
     return weights
