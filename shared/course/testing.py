@@ -131,14 +131,23 @@ def cuda_time_ms(fn, reps: int = 50) -> float:
 
 def graph_ms(calls, reps: int = 5) -> float:
     """GPU milliseconds per call, Python's launch cost left out: the calls captured once in a CUDA
-    graph (how the engine replays a decode step, day 23), the graph replayed `reps` times."""
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
+    graph (how the engine replays a decode step, day 23), the graph replayed `reps` times. Each
+    distinct call runs once first, on the capture's side stream: compiled and warm outside it."""
+    import gc
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in dict.fromkeys(calls):          # a call listed several times warms up once
             call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    gc.disable()                                   # no finalizer may free CUDA memory mid-capture
+    try:
+        with torch.cuda.graph(graph, stream=side):
+            for call in calls:
+                call()
+    finally:
+        gc.enable()
     return cuda_time_ms(graph.replay, reps) / len(calls)
 
 
@@ -156,29 +165,7 @@ def cold_copies(make, nbytes: int, calls: int = 20) -> list:
 def graph_us(fn, calls: int = 20, reps: int = 20) -> float:
     """Microseconds per call of fn, replayed from a CUDA graph of `calls` calls: the GPU's time,
     not Python's launch overhead (the engine runs its decode step inside day 23's graph too)."""
-    import gc
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()                                       # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    gc.disable()                                   # no finalizer may free CUDA memory mid-capture
-    try:
-        with torch.cuda.graph(graph, stream=side):
-            for _ in range(calls):
-                fn()
-    finally:
-        gc.enable()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * calls)
+    return graph_ms([fn] * calls, reps) * 1e3
 
 
 class HostReadError(AssertionError):
