@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from shared.engine.quant import DEFAULT_ALPHA
+
 CAL_TOKENS = 512       # the calibration slice: the last 512 tokens of the shipped text
 CAL_WINDOW = 512       # calibration windows: at most this many tokens per forward
 PAIRS = (("attn_norm", ("wq", "wk", "wv")), ("mlp_norm", ("w_gate", "w_up")))   # norm -> what reads its output
@@ -85,7 +87,7 @@ def calibrate(weights, ids, channel_max, *, window: int = CAL_WINDOW) -> dict:
     return rec.stats
 
 
-def smooth_model(ops, weights, ids, alpha: float = 0.5, *, window: int = CAL_WINDOW) -> dict:
+def smooth_model(ops, weights, ids, alpha: float = DEFAULT_ALPHA, *, window: int = CAL_WINDOW) -> dict:
     """Calibrate on `ids`, then smooth every layer's two pairs IN PLACE with ops.smooth and
     ops.fold_smoothing (plain, unfused weights: before quantization). Returns {"act_max": the
     statistics, "s": {(layer, norm): s}, "tokens": how many calibrated} for reports and plots."""
