@@ -53,7 +53,7 @@ def main():
     lines = [
         "# H100 session 11 (2026-12-07): day 47 as one fused W4A8 kernel per GEMV, PDL, the peers",
         "",
-        "One NVIDIA H100 80GB HBM3 (no H200 came; the session's first ten starts were refused). Every number below is read",
+        "One NVIDIA H100 80GB HBM3 (no H200 came; the session's first eleven starts were refused). Every number below is read",
         "from the files of this folder by `make_readme.py`; each ratio's baseline ran in the same call. The",
         "scripts are in `lab/` (experiments and the two call scripts, not part of the course).",
         "",
